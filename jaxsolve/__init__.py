@@ -1,0 +1,28 @@
+"""jaxsolve: differentiable solvers in JAX."""
+
+from ._adjoint import (
+    AbstractAdjoint as AbstractAdjoint,
+    ImplicitAdjoint as ImplicitAdjoint,
+    UnrollAdjoint as UnrollAdjoint,
+    custom_fixed_point as custom_fixed_point,
+    custom_root as custom_root,
+)
+from ._iterate import AbstractIterativeSolver as AbstractIterativeSolver
+from ._minimise import (
+    LBFGS as LBFGS,
+    AbstractMinimiser as AbstractMinimiser,
+    GradientDescent as GradientDescent,
+    OptaxMinimiser as OptaxMinimiser,
+    minimise as minimise,
+)
+from ._neumann import Neumann as Neumann
+from ._root import (
+    Anderson as Anderson,
+    FixedPointIteration as FixedPointIteration,
+    Newton as Newton,
+    fixed_point as fixed_point,
+    root_find as root_find,
+)
+from ._solution import RESULTS as RESULTS, Solution as Solution
+
+__version__ = "0.1.0"

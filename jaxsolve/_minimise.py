@@ -1,0 +1,248 @@
+"""`minimise` and its solvers: gradient descent, L-BFGS, and any optax optimiser."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import optax
+from jaxtyping import Array, PyTree, Scalar
+
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint
+from ._checks import check_float_tree, check_max_steps, check_tol
+from ._iterate import AbstractIterativeSolver, apply_throw, tree_norm
+from ._solution import RESULTS, Solution
+from ._solve import closure_convert, iterative_solve
+
+
+class _GradState(eqx.Module):
+    value: Scalar
+    grad: PyTree[Array]
+    inner: Any
+
+
+class AbstractMinimiser(AbstractIterativeSolver):
+    """Base class of `minimise`'s solvers; the error measure is the gradient's Euclidean norm."""
+
+    def error(self, fn, y, args, state: _GradState) -> Scalar:
+        return tree_norm(state.grad)
+
+
+class GradientDescent(AbstractMinimiser):
+    """Gradient descent `y ← y − η ∇f(y)` with a fixed step.
+
+    **Arguments:**
+
+    - `learning_rate`: the step `η` (a pytree leaf: differentiable under `UnrollAdjoint`).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    sol = js.minimise(lambda y, _: jnp.sum((y - 2.0) ** 2), jnp.zeros(3),
+                      solver=js.GradientDescent(learning_rate=0.25))
+    assert jnp.allclose(sol.value, 2.0, atol=1e-6)
+    ```
+    """
+
+    learning_rate: float | Array = 1e-2
+
+    def init(self, fn, y, args):
+        value, grad = jax.value_and_grad(fn)(y, args)
+        return _GradState(value, grad, None)
+
+    def step(self, fn, y, args, state):
+        y = jtu.tree_map(lambda yi, gi: yi - self.learning_rate * gi, y, state.grad)
+        value, grad = jax.value_and_grad(fn)(y, args)
+        return y, _GradState(value, grad, None), RESULTS.successful
+
+
+class OptaxMinimiser(AbstractMinimiser):
+    """Minimise with any optax optimiser as the update rule.
+
+    `optax.adam(1e-2)`, `optax.sgd(0.1, momentum=0.9)`, chains with clipping, ... Optimisers
+    that need the objective (`optax.lbfgs()`, line searches) get `value`, `grad` and `value_fn`
+    as extra arguments, as optax expects.
+
+    **Arguments:**
+
+    - `optimiser`: an `optax.GradientTransformation`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, optax
+    import jaxsolve as js
+
+    sol = js.minimise(lambda y, _: jnp.sum((y - 2.0) ** 2), jnp.zeros(3),
+                      solver=js.OptaxMinimiser(optax.adam(0.1)), tol=1e-5, max_steps=5000)
+    assert jnp.allclose(sol.value, 2.0, atol=1e-4)
+    ```
+    """
+
+    optimiser: optax.GradientTransformation
+
+    def __check_init__(self):
+        if not isinstance(self.optimiser, optax.GradientTransformation):
+            raise TypeError(
+                "OptaxMinimiser takes an optax.GradientTransformation, e.g. optax.adam(1e-2); "
+                f"got {type(self.optimiser).__name__}."
+            )
+
+    def _transform(self):
+        return optax.with_extra_args_support(self.optimiser)
+
+    def init(self, fn, y, args):
+        value, grad = jax.value_and_grad(fn)(y, args)
+        return _GradState(value, grad, self._transform().init(y))
+
+    def step(self, fn, y, args, state):
+        value_fn = lambda z: fn(z, args)
+        updates, inner = self._transform().update(
+            state.grad, state.inner, y, value=state.value, grad=state.grad, value_fn=value_fn
+        )
+        y = optax.apply_updates(y, updates)
+        value, grad = self._value_and_grad(value_fn, y, inner)
+        return y, _GradState(value, grad, inner), RESULTS.successful
+
+    def _value_and_grad(self, value_fn, y, inner):
+        return jax.value_and_grad(value_fn)(y)
+
+
+class LBFGS(OptaxMinimiser):
+    """L-BFGS with a zoom (strong Wolfe) line search: optax's `optax.lbfgs`.
+
+    The default for `minimise`. The value and gradient found by the line search are reused, so
+    each step costs what the line search evaluates (usually one value-and-gradient).
+
+    **Arguments:**
+
+    - `memory_size`: number of curvature pairs kept (default 10).
+    - `max_linesearch_steps`: the most evaluations the line search may take per step.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    rosen = lambda y, _: (1 - y[0]) ** 2 + 100 * (y[1] - y[0] ** 2) ** 2
+    sol = js.minimise(rosen, jnp.array([-1.2, 1.0]), solver=js.LBFGS(), tol=1e-8)
+    assert jnp.allclose(sol.value, 1.0, atol=1e-6)
+    ```
+    """
+
+    memory_size: int = eqx.field(static=True, default=10)
+    max_linesearch_steps: int = eqx.field(static=True, default=30)
+
+    def __init__(self, memory_size: int = 10, max_linesearch_steps: int = 30):
+        if memory_size < 1:
+            raise ValueError(f"LBFGS memory_size must be >= 1; got {memory_size}.")
+        self.memory_size = memory_size
+        self.max_linesearch_steps = max_linesearch_steps
+        self.optimiser = optax.lbfgs(
+            memory_size=memory_size,
+            linesearch=optax.scale_by_zoom_linesearch(
+                max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
+            ),
+        )
+
+    def _value_and_grad(self, value_fn, y, inner):
+        return optax.value_and_grad_from_state(value_fn)(y, state=inner)
+
+
+def _gradient(fn, y, args):
+    return jax.grad(fn)(y, args)
+
+
+_HESSIAN_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+
+
+def minimise(
+    fn: Callable[[PyTree[Array], Any], Scalar],
+    y0: PyTree[Array],
+    args: Any = None,
+    *,
+    solver: AbstractMinimiser | None = None,
+    tol: float = 1e-6,
+    max_steps: int = 1000,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    throw: bool = True,
+    progress: bool | Callable = False,
+) -> Solution:
+    """Minimise `fn(y, args)` over `y`, differentiably with respect to `args`.
+
+    The solution `y*(args)` is differentiated by the implicit function theorem on
+    `∇_y fn(y*, args) = 0` (default `js.ImplicitAdjoint()`: one linear solve with the Hessian,
+    memory independent of `max_steps`) or through the iterations (`js.UnrollAdjoint()`).
+    Arrays closed over by `fn` are differentiated too.
+
+    **Arguments:**
+
+    - `fn`: `(y, args) -> scalar`, smooth in `y`.
+    - `y0`: the starting point, a pytree of floating-point arrays.
+    - `args`: anything `fn` depends on (the hyperparameters, the data).
+    - `solver`: `js.LBFGS()` (default), `js.GradientDescent(lr)`, `js.OptaxMinimiser(optax...)`.
+    - `tol`: absolute tolerance on the Euclidean norm of the gradient `‖∇_y fn‖₂`.
+    - `max_steps`: the most solver steps.
+    - `adjoint`: `js.ImplicitAdjoint(linear_solver=...)` (default) or `js.UnrollAdjoint()`. The
+      Hessian is tagged symmetric positive semidefinite, so `lx.CG` may be used matrix-free.
+    - `throw`: raise if the solve fails; with `False` read `sol.result` (use under `vmap`).
+    - `progress`: `True` for a progress bar on stderr, or a callback `fn(step, error)`.
+
+    **Returns:** a `js.Solution`; `stats` has `num_steps` and `error` (the final gradient norm).
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import jaxsolve as js
+
+    X = jax.random.normal(jax.random.PRNGKey(0), (20, 3)); t = X @ jnp.array([1.0, -2.0, 0.5])
+    ridge = lambda w, lam: 0.5 * jnp.sum((X @ w - t) ** 2) + 0.5 * lam * jnp.sum(w**2)
+    sol = js.minimise(ridge, jnp.zeros(3), 0.1, tol=1e-9)
+    w = jnp.linalg.solve(X.T @ X + 0.1 * jnp.eye(3), X.T @ t)
+    assert jnp.allclose(sol.value, w, atol=1e-6)
+    ```
+    """
+    solver = LBFGS() if solver is None else solver
+    if not isinstance(solver, AbstractMinimiser):
+        raise TypeError(
+            "minimise's `solver` must be js.LBFGS(), js.GradientDescent(...) or "
+            f"js.OptaxMinimiser(optax...); got {type(solver).__name__}."
+        )
+    check_float_tree(y0, "y0")
+    check_tol(tol)
+    check_max_steps(max_steps)
+    out = jax.eval_shape(fn, y0, args)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            "minimise's `fn(y, args)` must return a floating-point scalar; got "
+            f"{getattr(out, 'shape', type(out))} {getattr(out, 'dtype', '')}. Reduce it, e.g. with "
+            "jnp.sum or jnp.mean."
+        )
+    return _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress)
+
+
+@eqx.filter_jit
+def _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress):
+    fn = closure_convert(fn, y0, args)
+    sol = iterative_solve(
+        solver,
+        fn,
+        y0,
+        args,
+        optimality=_gradient,
+        tags=_HESSIAN_TAGS,
+        tol=tol,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        progress=progress,
+        name="minimise",
+    )
+    return apply_throw(sol, throw)

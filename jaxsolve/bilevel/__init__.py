@@ -1,0 +1,1 @@
+"""jaxsolve.bilevel (being built)."""

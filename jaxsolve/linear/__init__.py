@@ -1,0 +1,1 @@
+"""jaxsolve.linear (being built)."""

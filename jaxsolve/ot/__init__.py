@@ -1,0 +1,1 @@
+"""jaxsolve.ot (being built)."""

@@ -1,0 +1,27 @@
+"""Shared test setup: float64 on, a seeded key, and small helpers."""
+
+import os
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def key():
+    return jax.random.PRNGKey(0)
+
+
+def finite_difference(f, x, eps=1e-6):
+    """Central finite differences of a scalar function `f` at the array `x` (float64)."""
+    x = jnp.asarray(x, dtype=jnp.float64)
+    flat = x.ravel()
+    grads = []
+    for i in range(flat.size):
+        e = jnp.zeros_like(flat).at[i].set(eps).reshape(x.shape)
+        grads.append((f(x + e) - f(x - e)) / (2 * eps))
+    return jnp.stack(grads).reshape(x.shape)
