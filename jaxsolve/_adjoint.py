@@ -22,6 +22,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
+from ._checks import floats_to_arrays
 from ._iterate import LoopKind
 
 
@@ -57,10 +58,8 @@ def _implicit_impl_jvp(primals, tangents, *, fn_primal, fn_rewrite, tags, linear
     return (root, residual), (t_root, t_residual)
 
 
-def _floats_to_arrays(tree):
-    # Python floats (and the TypedFloat primals JAX passes for them under `grad`) become arrays,
-    # so that a closure-converted function sees the same dynamic arguments every time.
-    return jtu.tree_map(lambda x: jnp.asarray(x) if isinstance(x, float) else x, tree)
+def _stop_gradient(tree):
+    return jtu.tree_map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
 
 
 def _zero_tangent(x):
@@ -264,12 +263,14 @@ def custom_root(
             # Hoist arrays closed over by the optimality function into explicit inputs, so
             # that they are differentiated too.
             init = jtu.tree_map(jnp.asarray, init)
-            args = _floats_to_arrays(args)
+            args = floats_to_arrays(args)
             closed_opt = eqx.filter_closure_convert(optimality_fn, init, *args)
 
+            closed_solver = _closure_convert_if_traceable(solver, init, args)
+
             def fn_primal(inputs):
-                _, _, init_, args_ = inputs
-                out = solver(init_, *jax.lax.stop_gradient(args_))
+                _, solver_, init_, args_ = inputs
+                out = solver_(init_, *floats_to_arrays(args_))
                 if has_aux:
                     if not (isinstance(out, tuple) and len(out) == 2):
                         raise TypeError(
@@ -280,16 +281,40 @@ def custom_root(
 
             def fn_rewrite(y, inputs):
                 opt, _, _, args_ = inputs
-                return opt(y, *_floats_to_arrays(args_))
+                return opt(y, *floats_to_arrays(args_))
 
-            init_ = jax.lax.stop_gradient(init)
-            inputs = (closed_opt, None, init_, args)
+            # The solver's own constants (and `init`) carry no derivative: by the implicit
+            # function theorem the root depends on them only through the optimality function.
+            inputs = (
+                closed_opt,
+                _stop_gradient(closed_solver),
+                jax.lax.stop_gradient(init),
+                args,
+            )
             root, aux = implicit_jvp(fn_primal, fn_rewrite, inputs, tags, linear_solver)
             return (root, aux) if has_aux else root
 
         return wrapped
 
     return decorator
+
+
+_UNTRACEABLE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def _closure_convert_if_traceable(solver, init, args):
+    # Arrays the solver closes over become leaves (so an outer transformation's tracers don't
+    # leak into the custom_jvp). A solver with Python control flow on values cannot be traced:
+    # it is called as it is, which works eagerly (e.g. under `jax.grad` without `jit`).
+    try:
+        return eqx.filter_closure_convert(solver, init, *args)
+    except _UNTRACEABLE:
+        return solver
 
 
 def custom_fixed_point(
@@ -300,7 +325,7 @@ def custom_fixed_point(
 ):
     """Decorator: make a user's fixed-point solver differentiable by the implicit function theorem.
 
-    Like `custom_root` with optimality `T(y, *args) − y`: the decorated `solver(init, *args)`
+    Like `custom_root` with optimality `y − T(y, *args)`: the decorated `solver(init, *args)`
     returns `y*` with `y* = fixed_point_fn(y*, *args)`. Typical use: deep-equilibrium and
     graph layers such as Convergent Graph Solvers, `H = γ A(θ) H + b(θ)`.
 
@@ -333,6 +358,6 @@ def custom_fixed_point(
         raise TypeError(f"`fixed_point_fn` must be callable; got {type(fixed_point_fn).__name__}.")
 
     def optimality(y, *args):
-        return jtu.tree_map(jnp.subtract, fixed_point_fn(y, *args), y)
+        return jtu.tree_map(jnp.subtract, y, fixed_point_fn(y, *args))
 
     return custom_root(optimality, linear_solver=linear_solver, has_aux=has_aux)

@@ -45,3 +45,10 @@ def check_same_structure(out: Any, y0: Any, what: str) -> None:
             f"{what} must return the same structure and shapes as `y0`; got "
             f"{s_out} with shapes {shapes_out}, expected {s_y} with shapes {shapes_y}."
         )
+
+
+def floats_to_arrays(tree: Any) -> Any:
+    """Python floats become arrays, so that new values never retrace a jitted entry point (and
+    a closure-converted function sees the same dynamic arguments every time; this also covers
+    the `TypedFloat` primals JAX passes for Python floats under `grad`)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x) if isinstance(x, float) else x, tree)

@@ -1,5 +1,6 @@
 """`minimise` and its solvers: gradient descent, L-BFGS, and any optax optimiser."""
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import optax
 from jaxtyping import Array, PyTree, Scalar
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._checks import check_float_tree, check_max_steps, check_tol
+from ._checks import check_float_tree, check_max_steps, check_tol, floats_to_arrays
 from ._iterate import AbstractIterativeSolver, apply_throw, tree_norm
 from ._solution import RESULTS, Solution
 from ._solve import closure_convert, iterative_solve
@@ -62,12 +63,39 @@ class GradientDescent(AbstractMinimiser):
         return y, _GradState(value, grad, None), RESULTS.successful
 
 
-class OptaxMinimiser(AbstractMinimiser):
+class _AbstractOptaxBased(AbstractMinimiser):
+    """A minimiser whose update rule is an optax transformation (see `_transform`)."""
+
+    @abc.abstractmethod
+    def _transform(self) -> optax.GradientTransformationExtraArgs: ...
+
+    def _value_and_grad(self, value_fn, y, inner):
+        return jax.value_and_grad(value_fn)(y)
+
+    def init(self, fn, y, args):
+        value, grad = jax.value_and_grad(fn)(y, args)
+        return _GradState(value, grad, self._transform().init(y))
+
+    def step(self, fn, y, args, state):
+        # optax's line searches may promote float32 iterates to float64 (under x64): keep the
+        # user's dtypes, both in what `fn` sees and in the iterate.
+        like_y = lambda z: jtu.tree_map(lambda zi, yi: zi.astype(yi.dtype), z, y)
+        value_fn = lambda z: fn(like_y(z), args)
+        updates, inner = self._transform().update(
+            state.grad, state.inner, y, value=state.value, grad=state.grad, value_fn=value_fn
+        )
+        y = like_y(optax.apply_updates(y, updates))
+        value, grad = self._value_and_grad(value_fn, y, inner)
+        return y, _GradState(value, grad, inner), RESULTS.successful
+
+
+class OptaxMinimiser(_AbstractOptaxBased):
     """Minimise with any optax optimiser as the update rule.
 
     `optax.adam(1e-2)`, `optax.sgd(0.1, momentum=0.9)`, chains with clipping, ... Optimisers
     that need the objective (`optax.lbfgs()`, line searches) get `value`, `grad` and `value_fn`
-    as extra arguments, as optax expects.
+    as extra arguments, as optax expects. Build the `OptaxMinimiser` once and reuse it: a new
+    optax object is a new static argument, which compiles again.
 
     **Arguments:**
 
@@ -97,24 +125,8 @@ class OptaxMinimiser(AbstractMinimiser):
     def _transform(self):
         return optax.with_extra_args_support(self.optimiser)
 
-    def init(self, fn, y, args):
-        value, grad = jax.value_and_grad(fn)(y, args)
-        return _GradState(value, grad, self._transform().init(y))
 
-    def step(self, fn, y, args, state):
-        value_fn = lambda z: fn(z, args)
-        updates, inner = self._transform().update(
-            state.grad, state.inner, y, value=state.value, grad=state.grad, value_fn=value_fn
-        )
-        y = optax.apply_updates(y, updates)
-        value, grad = self._value_and_grad(value_fn, y, inner)
-        return y, _GradState(value, grad, inner), RESULTS.successful
-
-    def _value_and_grad(self, value_fn, y, inner):
-        return jax.value_and_grad(value_fn)(y)
-
-
-class LBFGS(OptaxMinimiser):
+class LBFGS(_AbstractOptaxBased):
     """L-BFGS with a zoom (strong Wolfe) line search: optax's `optax.lbfgs`.
 
     The default for `minimise`. The value and gradient found by the line search are reused, so
@@ -140,15 +152,19 @@ class LBFGS(OptaxMinimiser):
     memory_size: int = eqx.field(static=True, default=10)
     max_linesearch_steps: int = eqx.field(static=True, default=30)
 
-    def __init__(self, memory_size: int = 10, max_linesearch_steps: int = 30):
-        if memory_size < 1:
-            raise ValueError(f"LBFGS memory_size must be >= 1; got {memory_size}.")
-        self.memory_size = memory_size
-        self.max_linesearch_steps = max_linesearch_steps
-        self.optimiser = optax.lbfgs(
-            memory_size=memory_size,
+    def __check_init__(self):
+        if self.memory_size < 1 or self.max_linesearch_steps < 1:
+            raise ValueError(
+                "LBFGS memory_size and max_linesearch_steps must be >= 1; got "
+                f"{self.memory_size}, {self.max_linesearch_steps}."
+            )
+
+    def _transform(self):
+        # Built at trace time from static settings, so equal LBFGS() objects never retrace.
+        return optax.lbfgs(
+            memory_size=self.memory_size,
             linesearch=optax.scale_by_zoom_linesearch(
-                max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
+                max_linesearch_steps=self.max_linesearch_steps, initial_guess_strategy="one"
             ),
         )
 
@@ -216,9 +232,16 @@ def minimise(
             "minimise's `solver` must be js.LBFGS(), js.GradientDescent(...) or "
             f"js.OptaxMinimiser(optax...); got {type(solver).__name__}."
         )
-    check_float_tree(y0, "y0")
     check_tol(tol)
     check_max_steps(max_steps)
+    args, tol = floats_to_arrays((args, tol))
+    return _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress)
+
+
+@eqx.filter_jit
+def _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress):
+    # Checks run at trace time only: once per compilation, never on a cache hit.
+    check_float_tree(y0, "y0")
     out = jax.eval_shape(fn, y0, args)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
         raise ValueError(
@@ -226,11 +249,6 @@ def minimise(
             f"{getattr(out, 'shape', type(out))} {getattr(out, 'dtype', '')}. Reduce it, e.g. with "
             "jnp.sum or jnp.mean."
         )
-    return _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress)
-
-
-@eqx.filter_jit
-def _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress):
     fn = closure_convert(fn, y0, args)
     sol = iterative_solve(
         solver,

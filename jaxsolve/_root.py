@@ -13,7 +13,13 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._checks import check_float_tree, check_max_steps, check_same_structure, check_tol
+from ._checks import (
+    check_float_tree,
+    check_max_steps,
+    check_same_structure,
+    check_tol,
+    floats_to_arrays,
+)
 from ._iterate import AbstractIterativeSolver, apply_throw, tree_norm
 from ._solution import RESULTS, Solution
 from ._solve import closure_convert, iterative_solve
@@ -24,7 +30,8 @@ def _residual(fn, y, args):
 
 
 def _fixed_point_residual(fn, y, args):
-    return jtu.tree_map(jnp.subtract, fn(y, args), y)
+    # y − T(y): its Jacobian I − ∂T/∂y makes `js.Neumann(alpha=1)` the series Σ (∂T/∂y)^k.
+    return jtu.tree_map(jnp.subtract, y, fn(y, args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +156,9 @@ def root_find(
         raise TypeError(
             f"root_find's `solver` must be js.Newton(...); got {type(solver).__name__}."
         )
-    _check_map(fn, y0, args, "root_find's `fn(y, args)`", tol, max_steps)
+    check_tol(tol)
+    check_max_steps(max_steps)
+    args, tol = floats_to_arrays((args, tol))
     return _run(
         solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, _residual, "root_find"
     )
@@ -201,23 +210,26 @@ class FixedPointIteration(AbstractIterativeSolver):
 
 class _AndersonState(eqx.Module):
     ty: PyTree[Array]
-    xs: Array  # (history, n) past iterates, flattened
-    gs: Array  # (history, n) their residuals T(x) - x
+    prev_x: Array  # last iterate and residual, flattened
+    prev_g: Array
+    dxs: Array  # (history, n) differences of consecutive iterates
+    dgs: Array  # (history, n) differences of consecutive residuals
     count: Array
 
 
 class Anderson(AbstractIterativeSolver):
     """Anderson acceleration (type II) of the fixed-point iteration `y ← T(y)`.
 
-    Keeps the last `history` iterates `x_i` and residuals `g_i = T(x_i) − x_i`, finds the affine
-    combination `α` (`Σ α_i = 1`) minimising `‖Σ α_i g_i‖₂` (regularised normal equations), and
-    steps to `Σ α_i (x_i + β g_i)`. Error measure: `‖T(y) − y‖₂`.
+    In the difference form of Walker & Ni (2011): with `g = T(x) − x` and the last `history`
+    differences `ΔX`, `ΔG` of iterates and residuals, solve the least-squares problem
+    `γ = argmin ‖g − ΔG γ‖₂` (SVD-based, rank-deficiency safe) and step to
+    `x + β g − (ΔX + β ΔG) γ`. On a linear map with `history ≥ n` this matches GMRES.
+    Error measure: `‖T(y) − y‖₂`.
 
     **Arguments:**
 
-    - `history`: number of past iterates (default 5).
+    - `history`: number of past differences kept (default 5).
     - `mixing`: `β`, the damping of the extrapolated step (default 1).
-    - `ridge`: relative Tikhonov regularisation of the least-squares problem.
 
     **Example:**
 
@@ -232,7 +244,6 @@ class Anderson(AbstractIterativeSolver):
 
     history: int = eqx.field(static=True, default=5)
     mixing: float | Array = 1.0
-    ridge: float = eqx.field(static=True, default=1e-10)
 
     def __check_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
@@ -241,25 +252,27 @@ class Anderson(AbstractIterativeSolver):
     def init(self, fn, y, args):
         flat, _ = ravel_pytree(y)
         zeros = jnp.zeros((self.history, flat.size), flat.dtype)
-        return _AndersonState(fn(y, args), zeros, zeros, jnp.array(0, jnp.int32))
+        return _AndersonState(
+            fn(y, args), flat, jnp.zeros_like(flat), zeros, zeros, jnp.array(0, jnp.int32)
+        )
 
     def step(self, fn, y, args, state):
         x, unravel = ravel_pytree(y)
         tx, _ = ravel_pytree(state.ty)
-        slot = state.count % self.history
-        xs = state.xs.at[slot].set(x)
-        gs = state.gs.at[slot].set(tx - x)
-        valid = jnp.arange(self.history) <= state.count
-        gram = gs @ gs.T
-        both = valid[:, None] & valid[None, :]
-        scale = jnp.max(jnp.where(valid, jnp.diag(gram), 0.0))
-        reg = self.ridge * scale + jnp.finfo(x.dtype).tiny
-        gram = jnp.where(both, gram, 0.0) + jnp.diag(jnp.where(valid, reg, 1.0))
-        z = jnp.linalg.solve(gram, valid.astype(x.dtype))
-        alpha = z / jnp.sum(z)
-        x_new = alpha @ (xs + self.mixing * gs)
+        g = tx - x
+        slot = (state.count - 1) % self.history
+        push = state.count > 0
+        dxs = jnp.where(push, state.dxs.at[slot].set(x - state.prev_x), state.dxs)
+        dgs = jnp.where(push, state.dgs.at[slot].set(g - state.prev_g), state.dgs)
+        valid = jnp.arange(self.history) < jnp.minimum(state.count, self.history)
+        dg_valid = jnp.where(valid[:, None], dgs, 0.0)
+        gamma = jnp.linalg.lstsq(dg_valid.T, g)[0]
+        gamma = jnp.where(valid, gamma, 0.0)
+        b = self.mixing
+        x_new = x + b * g - gamma @ (dxs + b * dgs)
         y_new = unravel(x_new)
-        return y_new, _AndersonState(fn(y_new, args), xs, gs, state.count + 1), RESULTS.successful
+        new_state = _AndersonState(fn(y_new, args), x, g, dxs, dgs, state.count + 1)
+        return y_new, new_state, RESULTS.successful
 
     def error(self, fn, y, args, state):
         return tree_norm(jtu.tree_map(jnp.subtract, state.ty, y))
@@ -309,7 +322,9 @@ def fixed_point(
             "fixed_point's `solver` must be js.Anderson(...) or js.FixedPointIteration(...); "
             f"got {type(solver).__name__}."
         )
-    _check_map(fn, y0, args, "fixed_point's `fn(y, args)`", tol, max_steps)
+    check_tol(tol)
+    check_max_steps(max_steps)
+    args, tol = floats_to_arrays((args, tol))
     return _run(
         solver,
         fn,
@@ -325,17 +340,14 @@ def fixed_point(
     )
 
 
-def _check_map(fn, y0, args, what, tol, max_steps):
+@eqx.filter_jit
+def _run(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, optimality, name):
+    # Checks run at trace time only: once per compilation, never on a cache hit.
+    what = f"{name}'s `fn(y, args)`"
     check_float_tree(y0, "y0")
-    check_tol(tol)
-    check_max_steps(max_steps)
     if not callable(fn):
         raise TypeError(f"{what}: `fn` must be callable; got {type(fn).__name__}.")
     check_same_structure(jax.eval_shape(fn, y0, args), y0, what)
-
-
-@eqx.filter_jit
-def _run(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, optimality, name):
     fn = closure_convert(fn, y0, args)
     sol = iterative_solve(
         solver,
