@@ -47,7 +47,10 @@ def _implicit_impl_jvp(primals, tangents, *, fn_primal, fn_rewrite, tags, linear
     if all(t is None for t in jtu.tree_leaves(t_inputs, is_leaf=_is_none)):
         return (root, residual), (jtu.tree_map(jnp.zeros_like, root), t_residual)
     # ∂F/∂y at the root, matrix-free: lineax linearises `fn_rewrite` in its first argument.
-    operator = lx.JacobianLinearOperator(lambda y, _: fn_rewrite(y, inputs), root, None, tags=tags)
+    # Linearised once, so Krylov iterations apply only the linear part (no primal recomputation).
+    operator = lx.linearise(
+        lx.JacobianLinearOperator(lambda y, _: fn_rewrite(y, inputs), root, None, tags=tags)
+    )
     # (∂F/∂θ) θ̇, by forward mode through the optimality function.
     mask = jtu.tree_map(lambda t: t is not None, t_inputs, is_leaf=_is_none)
     diff, static = eqx.partition(inputs, mask)
