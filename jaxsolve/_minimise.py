@@ -13,10 +13,9 @@ import optax
 from jaxtyping import Array, PyTree, Scalar
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._checks import check_float_tree, check_max_steps, check_tol, floats_to_arrays
-from ._iterate import AbstractIterativeSolver, apply_throw, tree_norm
+from ._iterate import AbstractIterativeSolver, tree_norm
 from ._solution import RESULTS, Solution
-from ._solve import closure_convert, iterative_solve
+from ._solve import run_entry_point
 
 
 class _GradState(eqx.Module):
@@ -232,16 +231,24 @@ def minimise(
             "minimise's `solver` must be js.LBFGS(), js.GradientDescent(...) or "
             f"js.OptaxMinimiser(optax...); got {type(solver).__name__}."
         )
-    check_tol(tol)
-    check_max_steps(max_steps)
-    args, tol = floats_to_arrays((args, tol))
-    return _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress)
+    return run_entry_point(
+        solver,
+        fn,
+        y0,
+        args,
+        tol=tol,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=throw,
+        progress=progress,
+        optimality=_gradient,
+        tags=_HESSIAN_TAGS,
+        name="minimise",
+        check=_check_scalar_objective,
+    )
 
 
-@eqx.filter_jit
-def _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress):
-    # Checks run at trace time only: once per compilation, never on a cache hit.
-    check_float_tree(y0, "y0")
+def _check_scalar_objective(fn, y0, args):
     out = jax.eval_shape(fn, y0, args)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
         raise ValueError(
@@ -249,18 +256,3 @@ def _minimise(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress):
             f"{getattr(out, 'shape', type(out))} {getattr(out, 'dtype', '')}. Reduce it, e.g. with "
             "jnp.sum or jnp.mean."
         )
-    fn = closure_convert(fn, y0, args)
-    sol = iterative_solve(
-        solver,
-        fn,
-        y0,
-        args,
-        optimality=_gradient,
-        tags=_HESSIAN_TAGS,
-        tol=tol,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        progress=progress,
-        name="minimise",
-    )
-    return apply_throw(sol, throw)

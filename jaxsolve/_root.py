@@ -14,15 +14,11 @@ from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
 from ._checks import (
-    check_float_tree,
-    check_max_steps,
     check_same_structure,
-    check_tol,
-    floats_to_arrays,
 )
-from ._iterate import AbstractIterativeSolver, apply_throw, tree_norm
+from ._iterate import AbstractIterativeSolver, tree_norm
 from ._solution import RESULTS, Solution
-from ._solve import closure_convert, iterative_solve
+from ._solve import run_entry_point
 
 
 def _residual(fn, y, args):
@@ -156,11 +152,20 @@ def root_find(
         raise TypeError(
             f"root_find's `solver` must be js.Newton(...); got {type(solver).__name__}."
         )
-    check_tol(tol)
-    check_max_steps(max_steps)
-    args, tol = floats_to_arrays((args, tol))
-    return _run(
-        solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, _residual, "root_find"
+    return run_entry_point(
+        solver,
+        fn,
+        y0,
+        args,
+        tol=tol,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=throw,
+        progress=progress,
+        optimality=_residual,
+        tags=frozenset(),
+        name="root_find",
+        check=_check_same_structure,
     )
 
 
@@ -322,44 +327,22 @@ def fixed_point(
             "fixed_point's `solver` must be js.Anderson(...) or js.FixedPointIteration(...); "
             f"got {type(solver).__name__}."
         )
-    check_tol(tol)
-    check_max_steps(max_steps)
-    args, tol = floats_to_arrays((args, tol))
-    return _run(
+    return run_entry_point(
         solver,
         fn,
         y0,
         args,
-        tol,
-        max_steps,
-        adjoint,
-        throw,
-        progress,
-        _fixed_point_residual,
-        "fixed_point",
-    )
-
-
-@eqx.filter_jit
-def _run(solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, optimality, name):
-    # Checks run at trace time only: once per compilation, never on a cache hit.
-    what = f"{name}'s `fn(y, args)`"
-    check_float_tree(y0, "y0")
-    if not callable(fn):
-        raise TypeError(f"{what}: `fn` must be callable; got {type(fn).__name__}.")
-    check_same_structure(jax.eval_shape(fn, y0, args), y0, what)
-    fn = closure_convert(fn, y0, args)
-    sol = iterative_solve(
-        solver,
-        fn,
-        y0,
-        args,
-        optimality=optimality,
-        tags=frozenset(),
         tol=tol,
         max_steps=max_steps,
         adjoint=adjoint,
+        throw=throw,
         progress=progress,
-        name=name,
+        optimality=_fixed_point_residual,
+        tags=frozenset(),
+        name="fixed_point",
+        check=_check_same_structure,
     )
-    return apply_throw(sol, throw)
+
+
+def _check_same_structure(fn, y0, args):
+    check_same_structure(jax.eval_shape(fn, y0, args), y0, "`fn(y, args)`")

@@ -8,7 +8,8 @@ import jax
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractAdjoint, check_adjoint
-from ._iterate import AbstractIterativeSolver, iterate, make_progress
+from ._checks import check_float_tree, check_max_steps, check_tol, floats_to_arrays
+from ._iterate import AbstractIterativeSolver, apply_throw, iterate, make_progress
 from ._solution import Solution
 
 
@@ -65,3 +66,54 @@ def closure_convert(fn: Callable, y0: PyTree[Array], args: Any) -> Callable:
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(y, args); got {type(fn).__name__}.")
     return eqx.filter_closure_convert(fn, y0, args)
+
+
+def run_entry_point(
+    solver, fn, y0, args, *, tol, max_steps, adjoint, throw, progress, optimality, tags, name, check
+):
+    """The body of `minimise`, `root_find` and `fixed_point`: argument checks, then one jitted
+    solve. Python floats in `args` and `tol` become arrays, so new values never recompile."""
+    check_tol(tol)
+    check_max_steps(max_steps)
+    args, tol = floats_to_arrays((args, tol))
+    return _run_jitted(
+        solver,
+        fn,
+        y0,
+        args,
+        tol,
+        max_steps,
+        adjoint,
+        throw,
+        progress,
+        optimality=optimality,
+        tags=tags,
+        name=name,
+        check=check,
+    )
+
+
+@eqx.filter_jit
+def _run_jitted(
+    solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, *, optimality, tags, name, check
+):
+    # Checks of `fn` run at trace time only: once per compilation, never on a cache hit.
+    check_float_tree(y0, "y0")
+    if not callable(fn):
+        raise TypeError(f"{name}'s `fn` must be callable as fn(y, args); got {type(fn).__name__}.")
+    check(fn, y0, args)
+    fn = closure_convert(fn, y0, args)
+    sol = iterative_solve(
+        solver,
+        fn,
+        y0,
+        args,
+        optimality=optimality,
+        tags=tags,
+        tol=tol,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        progress=progress,
+        name=name,
+    )
+    return apply_throw(sol, throw)
