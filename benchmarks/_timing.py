@@ -20,17 +20,20 @@ def median_time(fn, *args, repeats: int = 10, warmup: int = 1) -> float:
 
 
 def compare_times(fns: dict, *args, repeats: int = 15) -> dict:
-    """Median wall time (s) of each `fn(*args)`, timed round-robin after one warm-up call each,
-    so that load from other processes falls on every candidate alike."""
+    """Median wall time (s) of each `fn(*args)`, compilation excluded.
+
+    Each candidate is timed in a block of `repeats` calls after a warm-up, in two passes in
+    opposite orders, and keeps the better of its two medians: a load ramp from other processes
+    then falls on the candidates alike, and a fast call is never timed right after a
+    multi-second one (which measurably slows it on these machines)."""
     for fn in fns.values():
         jax.block_until_ready(fn(*args))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    best = {}
+    for order in (list(fns), list(fns)[::-1]):
+        for name in order:
+            t = median_time(fns[name], *args, repeats=repeats, warmup=1)
+            best[name] = min(best.get(name, float("inf")), t)
+    return best
 
 
 def machine() -> str:
