@@ -23,6 +23,7 @@ from ._root import (
     fixed_point as fixed_point,
     root_find as root_find,
 )
+from . import bilevel as bilevel
 from ._solution import RESULTS as RESULTS, Solution as Solution
 
 __version__ = "0.1.0"
