@@ -1,5 +1,6 @@
 """jaxsolve: differentiable solvers in JAX."""
 
+from . import bilevel as bilevel
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -23,7 +24,6 @@ from ._root import (
     fixed_point as fixed_point,
     root_find as root_find,
 )
-from . import bilevel as bilevel
 from ._solution import RESULTS as RESULTS, Solution as Solution
 
 __version__ = "0.1.0"
