@@ -37,7 +37,8 @@ def main():
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
-        "--round-robin", action="store_true",
+        "--round-robin",
+        action="store_true",
         help="time one call of each method per round (the call after a slow one is penalised)",
     )
     a = parser.parse_args()
