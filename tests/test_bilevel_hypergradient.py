@@ -295,3 +295,19 @@ def test_nan_input_is_flagged():
         ridge_outer, ridge_inner, bad, jnp.zeros(P), VAL, TRAIN, throw=False
     )
     assert hg.result != js.RESULTS.successful
+
+
+def test_no_recompilation_for_new_data_of_same_shape():
+    from jaxsolve.bilevel._hypergradient import _hypergradient_jit
+
+    inner_q = lambda lam, y, t: 0.5 * jnp.sum((y - t) ** 2) + 0.5 * lam * jnp.sum(y**2)
+    outer_q = lambda lam, y, _: jnp.sum(y)
+    sizes = []
+    for t, lam in [(jnp.ones(2), 1.0), (jnp.array([2.0, 3.0]), 0.5), (jnp.zeros(2), 2.0)]:
+        hg = js.bilevel.hypergradient(
+            outer_q, inner_q, lam, jnp.zeros(2), None, t, inner_solver=js.GradientDescent(0.5)
+        )
+        # y* = t / (1 + lam): d/dlam sum(y*) = -sum(t) / (1 + lam)^2
+        np.testing.assert_allclose(hg.grad, -jnp.sum(t) / (1 + lam) ** 2, atol=1e-7)
+        sizes.append(_hypergradient_jit._cached._cache_size())
+    assert sizes[2] == sizes[1] == sizes[0]

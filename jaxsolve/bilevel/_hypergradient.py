@@ -286,6 +286,9 @@ def hypergradient(
                 "`adjoint0` warm-starts an implicit estimator; Unrolled has no adjoint."
             )
         _check_like(adjoint0, y0, "adjoint0")
+    # Python floats become arrays here, so that new values do not recompile.
+    theta = jtu.tree_map(jnp.asarray, theta)
+    y0 = jtu.tree_map(jnp.asarray, y0)
     return _hypergradient_jit(
         outer_fn,
         inner_fn,

@@ -147,6 +147,9 @@ def solve(
     check_objective(outer_fn, "outer_fn", theta0, y0, oa0)
     check_objective(inner_fn, "inner_fn", theta0, y0, ia0)
     callback = make_progress(progress, num_steps, "bilevel")
+    # Python floats become arrays here, so that new values do not recompile.
+    theta0 = jtu.tree_map(jnp.asarray, theta0)
+    y0 = jtu.tree_map(jnp.asarray, y0)
     return _solve(
         Problem(outer_fn, inner_fn),
         algorithm,
