@@ -1,5 +1,6 @@
 """jaxsolve: differentiable solvers in JAX."""
 
+from . import bilevel as bilevel
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,

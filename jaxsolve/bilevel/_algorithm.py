@@ -1,0 +1,91 @@
+"""The interface of the bilevel algorithms run by `js.bilevel.solve`, and shared helpers."""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from .._iterate import tree_norm
+from .._minimise import minimise
+from .._solution import RESULTS
+
+
+class Problem(eqx.Module):
+    """The two objectives, `outer_fn(theta, y, outer_args)` and `inner_fn(theta, y, inner_args)`."""
+
+    outer_fn: Any = eqx.field(static=True)
+    inner_fn: Any = eqx.field(static=True)
+
+    def outer(self, theta, y, args):
+        return self.outer_fn(theta, y, args)
+
+    def inner(self, theta, y, args):
+        return self.inner_fn(theta, y, args)
+
+    def inner_grad_y(self, theta, y, args):
+        return jax.grad(self.inner_fn, argnums=1)(theta, y, args)
+
+    def inner_residual(self, theta, y, args):
+        return tree_norm(self.inner_grad_y(theta, y, args))
+
+
+class AbstractBilevelAlgorithm(eqx.Module):
+    """A bilevel algorithm: a state (inner variables and whatever the method keeps) and a step
+    that returns a descent direction for `theta`, which `js.bilevel.solve` feeds to the optax
+    optimiser.
+
+    - `init(problem, theta, y0, outer_args, inner_args) -> state`
+    - `step(problem, theta, state, outer_args, inner_args, t) -> (direction, state, metrics)`;
+      `metrics` holds scalars `outer_loss`, `inner_residual`, `inner_converged` (bool) and
+      any method-specific ones.
+    - `inner_value(state) -> y`: the current inner variable.
+    - `after_update(problem, theta, state, inner_args) -> (theta, state)`: a hook after the
+      optimiser's update (projections); identity by default.
+    """
+
+    @abc.abstractmethod
+    def init(self, problem: Problem, theta, y0, outer_args, inner_args) -> Any: ...
+
+    @abc.abstractmethod
+    def step(self, problem: Problem, theta, state, outer_args, inner_args, t) -> tuple: ...
+
+    @abc.abstractmethod
+    def inner_value(self, state) -> PyTree[Array]: ...
+
+    def after_update(self, problem, theta, state, inner_args):
+        return theta, state
+
+
+def inner_minimise(problem, theta, y0, inner_args, solver, tol, max_steps):
+    """Approximately minimise the inner objective at fixed (non-differentiated) `theta`."""
+    theta = jax.lax.stop_gradient(theta)
+    return minimise(
+        lambda y, a: problem.inner_fn(a[0], y, a[1]),
+        y0,
+        (theta, inner_args),
+        solver=solver,
+        tol=tol,
+        max_steps=max_steps,
+        throw=False,
+    )
+
+
+def converged(result) -> Array:
+    return result == RESULTS.successful
+
+
+def tree_axpy(a, x, y):
+    """`a * x + y` leafwise."""
+    return jtu.tree_map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def tree_scale(a, x):
+    return jtu.tree_map(lambda xi: a * xi, x)
+
+
+def zeros_like(tree):
+    return jtu.tree_map(jnp.zeros_like, tree)

@@ -1,0 +1,313 @@
+"""js.bilevel.hypergradient: estimators against closed forms, finite differences and explicit
+unrolling; warm starts; failure flags; vmap; float32; bad inputs."""
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+from conftest import finite_difference
+
+import jaxsolve as js
+
+# Ridge with one regularisation weight per feature: closed-form hypergradient.
+_kx, _kv, _kw = jax.random.split(jax.random.PRNGKey(1), 3)
+N, P = 60, 8
+X = jax.random.normal(_kx, (N, P))
+XV = jax.random.normal(_kv, (30, P))
+W_TRUE = jax.random.normal(_kw, (P,))
+T = X @ W_TRUE + 0.5 * jax.random.normal(_kw, (N,))
+TV = XV @ W_TRUE
+
+
+def ridge_inner(theta, w, data):
+    x, t = data
+    return 0.5 * jnp.sum((x @ w - t) ** 2) + 0.5 * jnp.sum(jnp.exp(theta) * w**2)
+
+
+def ridge_outer(theta, w, data):
+    x, t = data
+    return 0.5 * jnp.sum((x @ w - t) ** 2)
+
+
+def ridge_closed_form(theta):
+    H = X.T @ X + jnp.diag(jnp.exp(theta))
+    w = jnp.linalg.solve(H, X.T @ T)
+    v = jnp.linalg.solve(H, XV.T @ (XV @ w - TV))
+    return -jnp.exp(theta) * w * v
+
+
+THETA = jnp.linspace(-1.0, 1.0, P)
+TRAIN, VAL = (X, T), (XV, TV)
+
+
+def _hg(estimator, theta=THETA, y0=jnp.zeros(P), **kw):
+    kw.setdefault("inner_tol", 1e-11)
+    return js.bilevel.hypergradient(
+        ridge_outer, ridge_inner, theta, y0, VAL, TRAIN, estimator=estimator, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        js.bilevel.Implicit(),
+        js.bilevel.Implicit(lx.GMRES(rtol=1e-11, atol=1e-11)),
+        js.bilevel.Implicit(lx.Cholesky()),
+    ],
+    ids=["cg", "gmres", "cholesky"],
+)
+def test_implicit_matches_closed_form(estimator):
+    hg = _hg(estimator)
+    assert hg.result == js.RESULTS.successful
+    np.testing.assert_allclose(hg.grad, ridge_closed_form(THETA), rtol=1e-6, atol=1e-9)
+    w = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
+    np.testing.assert_allclose(hg.value, ridge_outer(THETA, w, VAL), rtol=1e-9)
+
+
+def test_adjoint_warm_start_matches_and_saves_work():
+    exact = ridge_closed_form(THETA)
+    cold = _hg(js.bilevel.Implicit(), adjoint0=jnp.zeros(P))
+    np.testing.assert_allclose(cold.grad, exact, rtol=1e-6, atol=1e-9)
+    # the adjoint vector is the solution of H v = ∇_w F
+    H = X.T @ X + jnp.diag(jnp.exp(THETA))
+    np.testing.assert_allclose(cold.adjoint, jnp.linalg.solve(H, XV.T @ (XV @ cold.y - TV)))
+    # warm start from the previous adjoint and inner solution at a nearby theta
+    theta2 = THETA + 1e-3
+    warm = _hg(js.bilevel.Implicit(), theta=theta2, adjoint0=cold.adjoint, y0=cold.y)
+    np.testing.assert_allclose(warm.grad, ridge_closed_form(theta2), rtol=1e-6, atol=1e-9)
+    assert warm.inner.stats["num_steps"] < cold.inner.stats["num_steps"]
+
+
+def test_neumann_error_decreases_with_terms():
+    H = X.T @ X + jnp.diag(jnp.exp(THETA))
+    alpha = 1.0 / float(jnp.linalg.eigvalsh(H)[-1])
+    exact = ridge_closed_form(THETA)
+    errors = []
+    for steps in (5, 3000):
+        hg = _hg(js.bilevel.TruncatedNeumann(steps=steps, alpha=alpha))
+        errors.append(float(jnp.linalg.norm(hg.grad - exact) / jnp.linalg.norm(exact)))
+    assert errors[0] > 1e-2 and errors[1] < 1e-6
+    # the bias of K terms is exactly (I - αH)^K applied to the adjoint: check K = 5
+    gF = XV.T @ (XV @ jnp.linalg.solve(H, X.T @ T) - TV)
+    v5 = alpha * sum(jnp.linalg.matrix_power(jnp.eye(P) - alpha * H, j) @ gF for j in range(5))
+    w = jnp.linalg.solve(H, X.T @ T)
+    expected = -jnp.exp(THETA) * w * v5
+    hg = _hg(js.bilevel.TruncatedNeumann(steps=5, alpha=alpha))
+    np.testing.assert_allclose(hg.grad, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_unrolled_matches_explicit_unrolling():
+    lr = 1.0 / float(jnp.linalg.eigvalsh(X.T @ X + jnp.diag(jnp.exp(THETA)))[-1])
+    steps = 40
+
+    def gd(theta, w, n):
+        step = lambda _, w: w - lr * jax.grad(ridge_inner, argnums=1)(theta, w, TRAIN)
+        return jax.lax.fori_loop(0, n, step, w)
+
+    def explicit(theta, w0):
+        return ridge_outer(theta, gd(theta, w0, steps), VAL)
+
+    w0 = jnp.zeros(P)
+    hg = js.bilevel.hypergradient(
+        ridge_outer,
+        ridge_inner,
+        THETA,
+        w0,
+        VAL,
+        TRAIN,
+        estimator=js.bilevel.Unrolled(),
+        inner_solver=js.GradientDescent(lr),
+        inner_tol=1e-30,
+        inner_max_steps=steps,
+        throw=False,
+    )
+    np.testing.assert_allclose(hg.grad, jax.grad(explicit)(THETA, w0), rtol=1e-8, atol=1e-12)
+    # truncated: the first steps are a constant warm start
+    k = 10
+    w_head = gd(THETA, w0, steps - k)
+
+    def explicit_tail(theta):
+        return ridge_outer(theta, gd(theta, w_head, k), VAL)
+
+    hg_t = js.bilevel.hypergradient(
+        ridge_outer,
+        ridge_inner,
+        THETA,
+        w0,
+        VAL,
+        TRAIN,
+        estimator=js.bilevel.Unrolled(truncate=k),
+        inner_solver=js.GradientDescent(lr),
+        inner_tol=1e-30,
+        inner_max_steps=steps,
+        throw=False,
+    )
+    np.testing.assert_allclose(hg_t.grad, jax.grad(explicit_tail)(THETA), rtol=1e-8, atol=1e-12)
+
+
+# A non-quadratic inner problem: L2-regularised logistic regression with per-feature weights.
+YL = (T > 0).astype(jnp.float64)
+YLV = (TV > 0).astype(jnp.float64)
+
+
+def logreg_inner(theta, w, data):
+    x, y = data
+    z = x @ w
+    return jnp.sum(jnp.logaddexp(0.0, z) - y * z) + 0.5 * jnp.sum(jnp.exp(theta) * w**2)
+
+
+def logreg_outer(theta, w, data):
+    x, y = data
+    z = x @ w
+    return jnp.sum(jnp.logaddexp(0.0, z) - y * z)
+
+
+def _logreg_fit(w, theta):
+    return logreg_inner(theta, w, (X, YL))
+
+
+@jax.jit
+def _logreg_value(theta):
+    w = js.minimise(_logreg_fit, jnp.zeros(P), theta, tol=1e-12, max_steps=500).value
+    return logreg_outer(theta, w, (XV, YLV))
+
+
+def test_implicit_matches_finite_differences_nonquadratic():
+    estimator = js.bilevel.Implicit()
+    theta = 0.3 * THETA
+    hg = js.bilevel.hypergradient(
+        logreg_outer,
+        logreg_inner,
+        theta,
+        jnp.zeros(P),
+        (XV, YLV),
+        (X, YL),
+        estimator=estimator,
+        inner_tol=1e-12,
+        inner_max_steps=500,
+    )
+    fd = finite_difference(_logreg_value, theta, eps=1e-5)
+    np.testing.assert_allclose(hg.grad, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_inner_not_converged_is_flagged_and_thrown():
+    hg = _hg(js.bilevel.Implicit(), inner_max_steps=2, throw=False, inner_tol=1e-12)
+    assert hg.result == js.RESULTS.inner_not_converged
+    assert hg.inner.result == js.RESULTS.max_steps_reached
+    with pytest.raises(Exception, match="inner solve did not converge"):
+        _hg(js.bilevel.Implicit(), inner_max_steps=2, inner_tol=1e-12).grad.block_until_ready()
+
+
+def test_vmap_over_hyperparameters_equals_loop():
+    thetas = jnp.stack([THETA, THETA + 0.5, -THETA])
+
+    def one(theta):
+        return js.bilevel.hypergradient(
+            ridge_outer,
+            ridge_inner,
+            theta,
+            jnp.zeros(P),
+            VAL,
+            TRAIN,
+            inner_tol=1e-11,
+            throw=False,
+        ).grad
+
+    batched = jax.vmap(one)(thetas)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], ridge_closed_form(thetas[i]), rtol=1e-6, atol=1e-9)
+
+
+def test_float32():
+    x32, t32 = X.astype(jnp.float32), T.astype(jnp.float32)
+    xv32, tv32 = XV.astype(jnp.float32), TV.astype(jnp.float32)
+    theta = THETA.astype(jnp.float32)
+    hg = js.bilevel.hypergradient(
+        ridge_outer,
+        ridge_inner,
+        theta,
+        jnp.zeros(P, jnp.float32),
+        (xv32, tv32),
+        (x32, t32),
+        estimator=js.bilevel.Implicit(lx.CG(rtol=1e-6, atol=1e-6)),
+        inner_tol=1e-3,
+        # (js.LBFGS upcasts float32 iterates when x64 is on: a core issue, reported)
+        inner_solver=js.GradientDescent(5e-3),
+        inner_max_steps=2000,
+    )
+    assert hg.grad.dtype == jnp.float32
+    exact = ridge_closed_form(THETA)
+    assert float(jnp.linalg.norm(hg.grad - exact) / jnp.linalg.norm(exact)) < 1e-3
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="estimator"):
+        js.bilevel.hypergradient(
+            ridge_outer, ridge_inner, THETA, jnp.zeros(P), VAL, TRAIN, estimator="implicit"
+        )
+    with pytest.raises(TypeError, match="inner_solver"):
+        js.bilevel.hypergradient(
+            ridge_outer,
+            ridge_inner,
+            THETA,
+            jnp.zeros(P),
+            VAL,
+            TRAIN,
+            inner_solver=lx.CG(rtol=1e-6, atol=1e-6),
+        )
+    with pytest.raises(ValueError, match="scalar"):
+        js.bilevel.hypergradient(lambda th, w, d: w, ridge_inner, THETA, jnp.zeros(P), VAL, TRAIN)
+    with pytest.raises(TypeError, match="floating"):
+        js.bilevel.hypergradient(ridge_outer, ridge_inner, jnp.arange(P), jnp.zeros(P), VAL, TRAIN)
+    with pytest.raises(ValueError, match="adjoint0"):
+        js.bilevel.hypergradient(
+            ridge_outer, ridge_inner, THETA, jnp.zeros(P), VAL, TRAIN, adjoint0=jnp.zeros(P + 1)
+        )
+    with pytest.raises(ValueError, match="Unrolled"):
+        js.bilevel.hypergradient(
+            ridge_outer,
+            ridge_inner,
+            THETA,
+            jnp.zeros(P),
+            VAL,
+            TRAIN,
+            estimator=js.bilevel.Unrolled(),
+            adjoint0=jnp.zeros(P),
+        )
+    with pytest.raises(ValueError, match="steps"):
+        js.bilevel.TruncatedNeumann(steps=0)
+    with pytest.raises(ValueError, match="alpha"):
+        js.bilevel.TruncatedNeumann(steps=3, alpha=-1.0)
+    with pytest.raises(ValueError, match="truncate"):
+        js.bilevel.Unrolled(truncate=0)
+    with pytest.raises(TypeError, match="linear_solver"):
+        js.bilevel.Implicit("cg")
+    with pytest.raises(ValueError, match="max_steps"):
+        js.bilevel.hypergradient(
+            ridge_outer, ridge_inner, THETA, jnp.zeros(P), VAL, TRAIN, inner_max_steps=0
+        )
+
+
+def test_nan_input_is_flagged():
+    bad = THETA.at[0].set(jnp.nan)
+    hg = js.bilevel.hypergradient(
+        ridge_outer, ridge_inner, bad, jnp.zeros(P), VAL, TRAIN, throw=False
+    )
+    assert hg.result != js.RESULTS.successful
+
+
+def test_no_recompilation_for_new_data_of_same_shape():
+    from jaxsolve.bilevel._hypergradient import _hypergradient_jit
+
+    inner_q = lambda lam, y, t: 0.5 * jnp.sum((y - t) ** 2) + 0.5 * lam * jnp.sum(y**2)
+    outer_q = lambda lam, y, _: jnp.sum(y)
+    sizes = []
+    for t, lam in [(jnp.ones(2), 1.0), (jnp.array([2.0, 3.0]), 0.5), (jnp.zeros(2), 2.0)]:
+        hg = js.bilevel.hypergradient(
+            outer_q, inner_q, lam, jnp.zeros(2), None, t, inner_solver=js.GradientDescent(0.5)
+        )
+        # y* = t / (1 + lam): d/dlam sum(y*) = -sum(t) / (1 + lam)^2
+        np.testing.assert_allclose(hg.grad, -jnp.sum(t) / (1 + lam) ** 2, atol=1e-7)
+        sizes.append(_hypergradient_jit._cached._cache_size())
+    assert sizes[2] == sizes[1] == sizes[0]
