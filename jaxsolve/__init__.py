@@ -15,6 +15,7 @@ from ._minimise import (
     OptaxMinimiser as OptaxMinimiser,
     minimise as minimise,
 )
+from . import linear as linear
 from ._neumann import Neumann as Neumann
 from ._root import (
     Anderson as Anderson,
