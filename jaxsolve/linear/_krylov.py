@@ -208,9 +208,7 @@ class BiCGStab(lx.AbstractLinearSolver):
         return operator
 
     def compute(self, state, vector, options):
-        return run_iteration(
-            _BiCGStabIteration(), state, vector, options, self.tol, self.max_steps
-        )
+        return run_iteration(_BiCGStabIteration(), state, vector, options, self.tol, self.max_steps)
 
     def transpose(self, state, options):
         return state.transpose(), options
