@@ -2,7 +2,7 @@
 sequences of related systems."""
 
 from ._cg import CG as CG
-from ._krylov import BiCGStab as BiCGStab, GMRES as GMRES
+from ._krylov import GMRES as GMRES, BiCGStab as BiCGStab
 from ._preconditioners import (
     AbstractPreconditioner as AbstractPreconditioner,
     JacobiPreconditioner as JacobiPreconditioner,
