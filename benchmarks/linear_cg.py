@@ -46,7 +46,7 @@ def median_time(fn):
 def main():
     h = 1.0 / (N + 1)
     xs = jnp.arange(1, N + 1) * h
-    b = (jnp.sin(np.pi * xs)[:, None] * jnp.sin(2 * np.pi * xs)[None, :] + 0.1 * xs[:, None])
+    b = jnp.sin(np.pi * xs)[:, None] * jnp.sin(2 * np.pi * xs)[None, :] + 0.1 * xs[:, None]
     b = b * h**2
 
     @jax.jit
@@ -69,14 +69,18 @@ def main():
     def jsp_fixed(b):
         return jax.scipy.sparse.linalg.cg(laplacian, b, tol=0.0, atol=0.0, maxiter=FIXED)[0]
 
-    op = lx.FunctionLinearOperator(laplacian, jax.eval_shape(lambda: b), lx.positive_semidefinite_tag)
+    op = lx.FunctionLinearOperator(
+        laplacian, jax.eval_shape(lambda: b), lx.positive_semidefinite_tag
+    )
 
     @jax.jit
     def lxcg(b):
         # lineax's CG stops on norm(r / (atol + rtol |b|)) <= 1 (elementwise scale); with
         # rtol = 0, atol = RTOL ‖b‖ and the 2-norm this is the same rule ‖r‖ <= RTOL ‖b‖.
         atol = RTOL * jnp.linalg.norm(b)
-        solver = lx.CG(rtol=0.0, atol=atol, max_steps=20_000, norm=lambda r: jnp.sqrt(jnp.sum(r**2)))
+        solver = lx.CG(
+            rtol=0.0, atol=atol, max_steps=20_000, norm=lambda r: jnp.sqrt(jnp.sum(r**2))
+        )
         sol = lx.linear_solve(op, b, solver, throw=False)
         return sol.value, sol.stats["num_steps"]
 
@@ -106,8 +110,14 @@ def main():
 
     def scipy_cg():
         count[0] = 0
-        return spla.cg(A, bn, rtol=RTOL, atol=0.0, maxiter=20_000,
-                       callback=lambda _: count.__setitem__(0, count[0] + 1))[0]
+        return spla.cg(
+            A,
+            bn,
+            rtol=RTOL,
+            atol=0.0,
+            maxiter=20_000,
+            callback=lambda _: count.__setitem__(0, count[0] + 1),
+        )[0]
 
     x_sp = scipy_cg()
     it_sp = count[0]
@@ -124,17 +134,27 @@ def main():
         ("jaxsolve CG", int(it_ours), t_ours, t_ours / int(it_ours), f_ours, rel(x_ours)),
         ("jax.scipy cg", it_jsp, t_jsp, t_jsp / it_jsp, f_jsp, rel(x_jsp)),
         ("lineax CG", int(it_lx), t_lx, t_lx / int(it_lx), f_lx, rel(x_lx)),
-        ("SciPy CSR cg", it_sp, t_sp, t_sp / it_sp, float("nan"), float(
-            np.linalg.norm(A @ x_sp - bn) / np.linalg.norm(bn))),
+        (
+            "SciPy CSR cg",
+            it_sp,
+            t_sp,
+            t_sp / it_sp,
+            float("nan"),
+            float(np.linalg.norm(A @ x_sp - bn) / np.linalg.norm(bn)),
+        ),
     ]
     print(f"\nCG, 2-D Poisson {N}x{N} (n = {N * N}), matrix-free, float64, rtol {RTOL:g}\n")
-    print("| solver | iterations | time to tol (s) | per iteration (ms) | per iteration, "
-          f"fixed {FIXED} its (ms) | ratio per it. (ours / peer) | final rel. residual |")
+    print(
+        "| solver | iterations | time to tol (s) | per iteration (ms) | per iteration, "
+        f"fixed {FIXED} its (ms) | ratio per it. (ours / peer) | final rel. residual |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, it, t, per, fixed, res in rows:
         ratio = f_ours / fixed if np.isfinite(fixed) else (t_ours / int(it_ours)) / per
         fixed_s = f"{1e3 * fixed:.3f}" if np.isfinite(fixed) else "—"
-        print(f"| {name} | {it} | {t:.3f} | {1e3 * per:.3f} | {fixed_s} | {ratio:.2f} | {res:.1e} |")
+        print(
+            f"| {name} | {it} | {t:.3f} | {1e3 * per:.3f} | {fixed_s} | {ratio:.2f} | {res:.1e} |"
+        )
 
     import matplotlib
 

@@ -1,5 +1,6 @@
 """jaxsolve: differentiable solvers in JAX."""
 
+from . import linear as linear
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -15,7 +16,6 @@ from ._minimise import (
     OptaxMinimiser as OptaxMinimiser,
     minimise as minimise,
 )
-from . import linear as linear
 from ._neumann import Neumann as Neumann
 from ._root import (
     Anderson as Anderson,

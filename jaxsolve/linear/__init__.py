@@ -1,6 +1,7 @@
 """Linear systems: differentiable Krylov and relaxation solvers, and solvers that learn over
 sequences of related systems."""
 
+from ._bandit import BanditState as BanditState, RelaxationBandit as RelaxationBandit
 from ._cg import CG as CG
 from ._krylov import GMRES as GMRES, BiCGStab as BiCGStab
 from ._preconditioners import (
@@ -10,3 +11,4 @@ from ._preconditioners import (
 )
 from ._relaxation import SOR as SOR, SSOR as SSOR, Jacobi as Jacobi
 from ._solve import solve as solve
+from ._stencil import Stencil5 as Stencil5

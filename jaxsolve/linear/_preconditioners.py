@@ -10,6 +10,7 @@ import lineax as lx
 from jaxtyping import Array
 
 from ._common import check_omega, checked_omega
+from ._stencil import Stencil5, StencilSweep
 
 
 class AbstractPreconditioner(eqx.Module):
@@ -83,6 +84,11 @@ class SSORPreconditioner(AbstractPreconditioner):
 
     def build(self, operator):
         shape = operator.in_structure().shape
+        if isinstance(operator, Stencil5):
+            omega = checked_omega(self.omega, operator.center.dtype)
+            fwd = StencilSweep.build(operator, omega, True)
+            bwd = StencilSweep.build(operator, omega, False)
+            return _StencilSSORApply(fwd, bwd, operator.center / omega, (2 - omega) / omega)
         A = operator.as_matrix()
         omega = checked_omega(self.omega, A.dtype)
         d = jnp.diag(A) / omega
@@ -109,6 +115,16 @@ class _SSORApply(eqx.Module):
         y = jsl.solve_triangular(self.lower, r.reshape(-1), lower=True)
         z = jsl.solve_triangular(self.upper, self.d * y, lower=False)
         return (self.scale * z).reshape(self.shape)
+
+
+class _StencilSSORApply(eqx.Module):
+    fwd: StencilSweep
+    bwd: StencilSweep
+    d: Array
+    scale: Array
+
+    def __call__(self, r):
+        return self.scale * self.bwd(self.d * self.fwd(r))
 
 
 class _CallablePreconditioner(AbstractPreconditioner):
