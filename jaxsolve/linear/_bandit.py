@@ -37,8 +37,8 @@ class RelaxationBandit(eqx.Module):
     from the iteration counts of the past solves only.
 
     Non-contextual (`num_contexts=1`): the Tsallis-INF bandit (1/2-Tsallis entropy, learning
-    rate `η_t = learning_rate/√t`, importance-weighted losses with the reduced-variance offset ½) over a grid
-    of ω values; its total cost approaches that of the best fixed ω in hindsight. Each solve's
+    rate `η_t = learning_rate/√t`, importance-weighted losses with the reduced-variance offset
+    ½) over a grid of ω values; its total cost approaches that of the best fixed ω in hindsight. Each solve's
     loss is `min(num_steps / loss_scale, 1)`.
 
     Contextual (`num_contexts > 1`): a cheap scalar feature of each system (e.g. the diagonal
