@@ -38,8 +38,8 @@ class RelaxationBandit(eqx.Module):
 
     Non-contextual (`num_contexts=1`): the Tsallis-INF bandit (1/2-Tsallis entropy, learning
     rate `η_t = learning_rate/√t`, importance-weighted losses with the reduced-variance offset
-    ½) over a grid of ω values; its total cost approaches that of the best fixed ω in hindsight. Each solve's
-    loss is `min(num_steps / loss_scale, 1)`.
+    ½) over a grid of ω values; its total cost approaches that of the best fixed ω in
+    hindsight. Each solve's loss is `min(num_steps / loss_scale, 1)`.
 
     Contextual (`num_contexts > 1`): a cheap scalar feature of each system (e.g. the diagonal
     shift `c` of `A + cI`, or a coefficient contrast) in `[feature_min, feature_max]` is split
