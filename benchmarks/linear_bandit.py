@@ -1,5 +1,5 @@
 """Learning to Relax: SOR's ω chosen per system by jaxsolve's RelaxationBandit over a sequence
-of related systems (2-D Poisson + cI with random c, 64×64 grid), against every fixed ω in
+of related systems (2-D Poisson + cI with random c, 32×32 grid), against every fixed ω in
 hindsight and ω = 1 (Gauss-Seidel). Counts SOR iterations (not times). The bandit runs live:
 `lax.scan` over the sequence, each step `choose` → `solve` → `update`.
 
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import jaxsolve as js  # noqa: E402
 
 SMALL = "--small" in sys.argv
-N = 32 if SMALL else 64
+N = 16 if SMALL else 32
 T = 40 if SMALL else 100
 TOL = 1e-6
 MAX_STEPS = 4000
@@ -92,9 +92,14 @@ def main():
     gs_total = int(fixed_totals[0])
     oracle_total = int(table.min(1).sum())
 
-    bandit = js.linear.RelaxationBandit(OMEGAS, loss_scale=MAX_STEPS / 4)
+    bandit = js.linear.RelaxationBandit(OMEGAS, loss_scale=1000, learning_rate=8.0)
     ctx = js.linear.RelaxationBandit(
-        OMEGAS, loss_scale=MAX_STEPS / 4, num_contexts=4, feature_min=C_MIN, feature_max=C_MAX
+        OMEGAS,
+        loss_scale=1000,
+        learning_rate=8.0,
+        num_contexts=4,
+        feature_min=C_MIN,
+        feature_max=C_MAX,
     )
     seeds = range(10)
     runs = [simulate(bandit, table, cs, s, False)[1] for s in seeds]

@@ -9,6 +9,11 @@ from ._preconditioners import (
     JacobiPreconditioner as JacobiPreconditioner,
     SSORPreconditioner as SSORPreconditioner,
 )
+from ._recycling import (
+    GCRODR as GCRODR,
+    RecycleSpace as RecycleSpace,
+    order_by_similarity as order_by_similarity,
+)
 from ._relaxation import SOR as SOR, SSOR as SSOR, Jacobi as Jacobi
 from ._solve import solve as solve
 from ._stencil import Stencil5 as Stencil5

@@ -68,7 +68,10 @@ class Stencil5(lx.FunctionLinearOperator):
         coeffs[4] = coeffs[4].at[-1, :].set(0)
         self.center, self.west, self.east, self.north, self.south = coeffs
         struct = jax.ShapeDtypeStruct(tuple(shape), dtype)
-        super().__init__(lambda u: _stencil_mv(tuple(coeffs), u), struct, tags=frozenset(tags))
+        # A module-level function with the coefficients as leaves (not a fresh closure), so new
+        # coefficients of the same shape never recompile.
+        fn = eqx.Partial(_stencil_mv, tuple(coeffs))
+        super().__init__(fn, struct, tags=frozenset(tags), closure_convert=False)
 
     @classmethod
     def poisson(cls, shape, shift=0.0):
