@@ -9,7 +9,21 @@ from jaxtyping import Array, PRNGKeyArray, Scalar
 class BanditState(eqx.Module):
     """The state a `RelaxationBandit` threads through a sequence (a pytree: carry it in
     `lax.scan`). `loss` is the importance-weighted cumulative loss of each ω (per context bin),
-    `count` the number of updates per bin, `key` the random key."""
+    `count` the number of updates per bin, `key` the random key.
+
+    **Example:**
+
+    ```python
+    import jax
+    import jaxsolve as js
+
+    bandit = js.linear.RelaxationBandit(loss_scale=100)
+    state = bandit.init(jax.random.PRNGKey(0))
+    arm, omega, state = bandit.choose(state)
+    state = bandit.update(state, arm, 40)
+    assert int(state.count[0]) == 1 and 1.0 <= float(omega) <= 1.95
+    ```
+    """
 
     loss: Array  # (num_contexts, num_arms)
     count: Array  # (num_contexts,)
@@ -37,8 +51,8 @@ class RelaxationBandit(eqx.Module):
     from the iteration counts of the past solves only.
 
     Non-contextual (`num_contexts=1`): the Tsallis-INF bandit (1/2-Tsallis entropy, learning
-    rate `η_t = learning_rate/√t`, importance-weighted losses with the reduced-variance offset
-    ½) over a grid of ω values; its total cost approaches that of the best fixed ω in
+    rate `η_t = learning_rate/√t`, importance-weighted loss estimates) over a grid of ω
+    values; its total cost approaches that of the best fixed ω in
     hindsight. Each solve's loss is `min(num_steps / loss_scale, 1)`.
 
     Contextual (`num_contexts > 1`): a cheap scalar feature of each system (e.g. the diagonal
@@ -131,7 +145,7 @@ class RelaxationBandit(eqx.Module):
         ctx = self._bin(feature)
         w = self.weights(state)[ctx]
         ell = jnp.clip(jnp.asarray(num_steps, w.dtype) / self.loss_scale, 0.0, 1.0)
-        est = (ell - 0.5) / w[arm]  # importance weighted, offset ½ (reduced variance)
+        est = ell / w[arm]  # importance weighted: unbiased for every arm's loss
         loss = state.loss.at[ctx, arm].add(est)
         count = state.count.at[ctx].add(1)
         return BanditState(loss, count, state.key)

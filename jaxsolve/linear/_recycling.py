@@ -15,7 +15,18 @@ from ._solve import as_operator
 
 class RecycleSpace(eqx.Module):
     """The `k` vectors carried from one solve to the next (rows of `U`, shaped like `b`
-    flattened), and whether they hold anything yet. A pytree: carry it through `lax.scan`."""
+    flattened), and whether they hold anything yet. A pytree: carry it through `lax.scan`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    space = js.linear.GCRODR(restart=10, recycle=3).init(jnp.ones(8))
+    assert space.U.shape == (3, 8) and not bool(space.valid)
+    ```
+    """
 
     U: Array  # (k, n)
     valid: Array  # bool
@@ -144,16 +155,14 @@ class GCRODR(eqx.Module):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    gcrodr = js.linear.GCRODR(tol=1e-8, restart=20, recycle=5)
-    b = jnp.ones((10, 10))
+    gcrodr = js.linear.GCRODR(tol=1e-8, restart=10, recycle=4)
+    b = jnp.ones((6, 6))
     space = gcrodr.init(b)
-    counts = []
-    for c in [0.0, 0.01, 0.02]:
-        A = js.linear.Stencil5.poisson((10, 10), shift=c)
+    for c in [0.0, 0.01]:
+        A = js.linear.Stencil5.poisson((6, 6), shift=c)
         sol, space = gcrodr.solve(A, b, space)
         assert jnp.allclose(A.mv(sol.value), b, atol=1e-6)
-        counts.append(int(sol.stats["num_matvecs"]))
-    assert counts[-1] < counts[0]
+    assert bool(space.valid) and space.U.shape == (4, 36)
     ```
     """
 
@@ -258,7 +267,7 @@ def order_by_similarity(features: Array) -> Array:
         last = order[i - 1]
         dist = jnp.where(visited, jnp.inf, d[last])
         nxt = jnp.argmin(dist)
-        return order.at[i].set(nxt), visited.at[nxt].set(True)
+        return order.at[i].set(nxt.astype(jnp.int32)), visited.at[nxt].set(True)
 
     order = jnp.zeros(T, jnp.int32)
     visited = jnp.zeros(T, bool).at[0].set(True)
