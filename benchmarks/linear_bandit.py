@@ -92,11 +92,11 @@ def main():
     gs_total = int(fixed_totals[0])
     oracle_total = int(table.min(1).sum())
 
-    bandit = js.linear.RelaxationBandit(OMEGAS, loss_scale=1000, learning_rate=32.0)
+    bandit = js.linear.RelaxationBandit(OMEGAS, loss_scale=400, learning_rate=8.0)
     ctx = js.linear.RelaxationBandit(
         OMEGAS,
-        loss_scale=1000,
-        learning_rate=32.0,
+        loss_scale=400,
+        learning_rate=8.0,
         num_contexts=4,
         feature_min=C_MIN,
         feature_max=C_MAX,

@@ -156,7 +156,7 @@ def _theta_loss(theta, solver):
 _theta_grad = jax.jit(jax.grad(_theta_loss), static_argnums=1)
 
 
-@pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab"])
+@pytest.mark.parametrize("name", ["cg", "bicgstab"])
 def test_grad_closed_over_parameters_vs_finite_differences(name):
     theta = jnp.array([0.3, 0.2])
     g = _theta_grad(theta, SPD_SOLVERS[name])
