@@ -97,8 +97,3 @@ def checked_omega(omega, dtype):
         (omega <= 0) | (omega >= 2),
         "The relaxation `omega` must lie strictly between 0 and 2.",
     )
-
-
-def as_dense(operator: lx.AbstractLinearOperator) -> Array:
-    """The matrix of a single-array operator, as (n, n)."""
-    return operator.as_matrix()
