@@ -1,1 +1,19 @@
-"""jaxsolve.linear (being built)."""
+"""Linear systems: differentiable Krylov and relaxation solvers, and solvers that learn over
+sequences of related systems."""
+
+from ._bandit import BanditState as BanditState, RelaxationBandit as RelaxationBandit
+from ._cg import CG as CG
+from ._krylov import GMRES as GMRES, BiCGStab as BiCGStab
+from ._preconditioners import (
+    AbstractPreconditioner as AbstractPreconditioner,
+    JacobiPreconditioner as JacobiPreconditioner,
+    SSORPreconditioner as SSORPreconditioner,
+)
+from ._recycling import (
+    GCRODR as GCRODR,
+    RecycleSpace as RecycleSpace,
+    order_by_similarity as order_by_similarity,
+)
+from ._relaxation import SOR as SOR, SSOR as SSOR, Jacobi as Jacobi
+from ._solve import solve as solve
+from ._stencil import Stencil5 as Stencil5

@@ -1,0 +1,208 @@
+"""Stationary (relaxation) iterations: Jacobi, SOR(ω) and SSOR(ω), run by the core loop."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import lineax as lx
+from jaxtyping import Array, Scalar
+
+from .._checks import check_max_steps, check_tol
+from .._solution import RESULTS
+from ._common import LinearIteration, check_omega, check_square, checked_omega, dot, run_iteration
+from ._stencil import Stencil5, StencilSweep
+
+
+class _RelaxState(eqx.Module):
+    r: Array
+    res_norm: Scalar
+    num_matvecs: Array
+
+
+class _RelaxIteration(LinearIteration):
+    """`x ← x + M⁻¹ (b − Ax)` for a splitting `M` given by `solve_m` (and, for SSOR, a second
+    half-sweep with `solve_m2`)."""
+
+    solve_m: eqx.Module
+    solve_m2: eqx.Module | None
+
+    def init(self, fn, y, args):
+        b, _ = args
+        r = b - fn.mv(y)
+        return _RelaxState(r, jnp.sqrt(dot(r, r)), jnp.array(1, jnp.int32))
+
+    def step(self, fn, y, args, state):
+        b, _ = args
+        y = y + self.solve_m(state.r)
+        mv = 1
+        r = b - fn.mv(y)
+        if self.solve_m2 is not None:
+            y = y + self.solve_m2(r)
+            r = b - fn.mv(y)
+            mv = 2
+        return y, _RelaxState(r, jnp.sqrt(dot(r, r)), state.num_matvecs + mv), RESULTS.successful
+
+
+class _DiagSolve(eqx.Module):
+    d: Array
+
+    def __call__(self, r):
+        return r / self.d
+
+
+class _TriSolve(eqx.Module):
+    t: Array
+    lower: bool = eqx.field(static=True)
+
+    def __call__(self, r):
+        return jsl.solve_triangular(self.t, r.reshape(-1), lower=self.lower).reshape(r.shape)
+
+
+class _AbstractRelaxation(lx.AbstractLinearSolver):
+    def compute(self, state, vector, options):
+        operator, iteration = state
+        return run_iteration(iteration, operator, vector, options, self.tol, self.max_steps)
+
+    def transpose(self, state, options):
+        operator, _ = state
+        return self.init(operator.transpose(), options), options
+
+    def conj(self, state, options):
+        operator, _ = state
+        return self.init(lx.conj(operator), options), options
+
+    def assume_full_rank(self):
+        return True
+
+
+class Jacobi(_AbstractRelaxation):
+    """Jacobi iteration `x ← x + D⁻¹ (b − Ax)`; converges for strictly diagonally dominant `A`.
+
+    The error measure is the relative residual `‖b − Ax‖ / ‖b‖`. The diagonal is read with
+    `lineax.diagonal` (pass `diagonal=` for a matvec callable to avoid materialising `A`).
+
+    **Arguments:**
+
+    - `tol`: tolerance on the relative residual.
+    - `max_steps`: the largest number of sweeps.
+    - `diagonal`: the diagonal of `A` if known (shaped like `b`).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    sol = js.linear.solve(A, jnp.ones(2), solver=js.linear.Jacobi(tol=1e-10))
+    assert jnp.allclose(A @ sol.value, 1.0, atol=1e-9)
+    ```
+    """
+
+    tol: float | Array = 1e-6
+    max_steps: int = eqx.field(static=True, default=100_000)
+    diagonal: Array | None = None
+
+    def __check_init__(self):
+        check_tol(self.tol)
+        check_max_steps(self.max_steps)
+
+    def init(self, operator, options):
+        check_square(operator, "Jacobi")
+        d = self.diagonal
+        if d is None:
+            d = lx.diagonal(operator).reshape(operator.in_structure().shape)
+        return operator, _RelaxIteration(_DiagSolve(jnp.asarray(d)), None)
+
+
+class SOR(_AbstractRelaxation):
+    """Successive over-relaxation `x ← x + (D/ω + L)⁻¹ (b − Ax)` (Gauss-Seidel at ω = 1).
+
+    Converges for symmetric positive definite `A` and `0 < ω < 2`; the best ω depends on the
+    system, which is what `js.linear.RelaxationBandit` learns over a sequence. The matrix is
+    read once per solve with `operator.as_matrix()` for a dense triangular sweep, except for a
+    `js.linear.Stencil5` operator, which is swept row by row in `O(N M²)` (the residual uses
+    the operator's own matvec). The error measure is the relative residual.
+
+    **Arguments:**
+
+    - `omega`: the relaxation ω in (0, 2) (a pytree leaf: a new ω does not recompile).
+    - `tol`: tolerance on the relative residual.
+    - `max_steps`: the largest number of sweeps.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    A = jnp.array([[4.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 4.0]])
+    sol = js.linear.solve(A, jnp.ones(3), solver=js.linear.SOR(omega=1.1, tol=1e-10))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, jnp.ones(3)), atol=1e-9)
+    ```
+    """
+
+    omega: float | Array = 1.0
+    tol: float | Array = 1e-6
+    max_steps: int = eqx.field(static=True, default=100_000)
+
+    def __check_init__(self):
+        check_omega(self.omega, "SOR")
+        check_tol(self.tol)
+        check_max_steps(self.max_steps)
+
+    def init(self, operator, options):
+        check_square(operator, "SOR")
+        if isinstance(operator, Stencil5):
+            omega = checked_omega(self.omega, operator.center.dtype)
+            return operator, _RelaxIteration(StencilSweep.build(operator, omega, True), None)
+        A = operator.as_matrix()
+        omega = checked_omega(self.omega, A.dtype)
+        lower = jnp.tril(A, -1) + jnp.diag(jnp.diag(A) / omega)
+        return operator, _RelaxIteration(_TriSolve(lower, True), None)
+
+
+class SSOR(_AbstractRelaxation):
+    """Symmetric SOR: a forward SOR sweep then a backward one, per step (two matvecs).
+
+    For symmetric `A` the SSOR splitting is symmetric, which makes it a preconditioner for CG
+    too (`js.linear.SSORPreconditioner`). The error measure is the relative residual.
+
+    **Arguments:**
+
+    - `omega`: the relaxation ω in (0, 2) (a pytree leaf).
+    - `tol`: tolerance on the relative residual.
+    - `max_steps`: the largest number of (double) sweeps.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    A = jnp.array([[4.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 4.0]])
+    sol = js.linear.solve(A, jnp.ones(3), solver=js.linear.SSOR(omega=1.2, tol=1e-10))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, jnp.ones(3)), atol=1e-9)
+    ```
+    """
+
+    omega: float | Array = 1.0
+    tol: float | Array = 1e-6
+    max_steps: int = eqx.field(static=True, default=100_000)
+
+    def __check_init__(self):
+        check_omega(self.omega, "SSOR")
+        check_tol(self.tol)
+        check_max_steps(self.max_steps)
+
+    def init(self, operator, options):
+        check_square(operator, "SSOR")
+        if isinstance(operator, Stencil5):
+            omega = checked_omega(self.omega, operator.center.dtype)
+            fwd = StencilSweep.build(operator, omega, True)
+            return operator, _RelaxIteration(fwd, StencilSweep.build(operator, omega, False))
+        A = operator.as_matrix()
+        omega = checked_omega(self.omega, A.dtype)
+        d = jnp.diag(jnp.diag(A) / omega)
+        lower = jnp.tril(A, -1) + d
+        upper = jnp.triu(A, 1) + d
+        return operator, _RelaxIteration(_TriSolve(lower, True), _TriSolve(upper, False))

@@ -1,0 +1,136 @@
+"""`js.linear.solve`: one entry point for dense, lineax and matrix-free systems."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array
+
+from .._iterate import apply_throw
+from .._solution import RESULTS, Solution
+from ._cg import CG
+from ._common import dot, safe_norm_b
+
+
+def as_operator(A, b) -> lx.AbstractLinearOperator:
+    """A square array, a lineax operator, or a matvec callable, as a lineax operator; shapes
+    are checked against `b` here, at trace time."""
+    if isinstance(A, lx.AbstractLinearOperator):
+        op = A
+    elif eqx.is_array_like(A) and not callable(A):
+        A = jnp.asarray(A)
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(
+                f"`A` must be a square matrix; got shape {A.shape}. For a rectangular "
+                "least-squares problem use lineax.linear_solve with lx.QR()."
+            )
+        if not jnp.issubdtype(A.dtype, jnp.inexact):
+            A = A.astype(jnp.result_type(float))
+        op = lx.MatrixLinearOperator(A)
+    elif callable(A):
+        op = lx.FunctionLinearOperator(A, jax.eval_shape(lambda: b))
+    else:
+        raise TypeError(
+            "`A` must be a square array, a lineax operator, or a matvec callable v -> A v; "
+            f"got {type(A).__name__}."
+        )
+    if op.in_structure() != op.out_structure():
+        raise ValueError(
+            "`A` must be square (same input and output structure); got "
+            f"{op.in_structure()} -> {op.out_structure()}."
+        )
+    b_struct = jax.eval_shape(lambda: b)
+    out = op.out_structure()
+    if getattr(out, "shape", None) != b_struct.shape:
+        raise ValueError(
+            f"`b` has shape {b_struct.shape} but `A` maps vectors of shape "
+            f"{getattr(op.in_structure(), 'shape', op.in_structure())} to shape "
+            f"{getattr(out, 'shape', out)}; they must match."
+        )
+    return op
+
+
+@eqx.filter_jit
+def _solve(operator, b, solver, x0, throw):
+    options = {} if x0 is None else {"y0": x0}
+    out = lx.linear_solve(operator, b, solver, options=options, throw=False)
+    stats = dict(out.stats)
+    if "error" not in stats:  # direct solvers: report the same error measure as the others
+        r = b - operator.mv(out.value)
+        stats["error"] = jax.lax.stop_gradient(jnp.sqrt(dot(r, r)) / safe_norm_b(b))
+        stats.setdefault("num_steps", jnp.array(0, jnp.int32))
+    sol = Solution(value=out.value, result=RESULTS.promote(out.result), stats=stats)
+    return apply_throw(sol, throw)
+
+
+def solve(
+    A: Array | lx.AbstractLinearOperator | Callable[[Array], Array],
+    b: Array,
+    solver: lx.AbstractLinearSolver = CG(),
+    *,
+    x0: Array | None = None,
+    throw: bool = True,
+) -> Solution:
+    """Solve `A x = b`, differentiably.
+
+    Derivatives flow to `b` and to whatever parameterises `A` (the entries of a matrix, the
+    arrays inside a lineax operator, or the arrays a matvec callable closes over), in forward
+    and reverse mode. They come from lineax's `linear_solve` rule, which is the implicit
+    function theorem for `Ax − b = 0`: `ẋ = A⁻¹(ḃ − Ȧx)`, and in reverse mode one adjoint
+    solve `Aᵀλ = x̄` with the same solver (`solver.transpose`), never through the iterations.
+    We use that rule rather than the core's `implicit_jvp`, because for a linear problem it is
+    the same formula with the optimality function's Jacobian already known (`A` itself), it
+    makes every jaxsolve linear solver a drop-in lineax solver (e.g. for
+    `js.ImplicitAdjoint(linear_solver=...)`), and it applies unchanged to lineax's direct
+    solvers.
+
+    **Arguments:**
+
+    - `A`: a square matrix, a `lineax.AbstractLinearOperator`, or a callable `v -> A v`
+      (matrix-free; `v` has the shape of `b`, which may be a grid).
+    - `b`: the right-hand side, an array.
+    - `solver`: `js.linear.CG` (default; symmetric positive definite `A`), `GMRES`,
+      `BiCGStab`, `Jacobi`, `SOR`, `SSOR`, or any lineax solver (`lx.LU()`, `lx.Cholesky()`,
+      `lx.QR()`, ...).
+    - `x0`: a starting point for iterative solvers (no derivative flows to it).
+    - `throw`: raise if the solve failed; with `throw=False` (e.g. under `vmap`) read
+      `sol.result`, one per system.
+
+    **Returns:** a `js.Solution` with `value` (the solution `x`), `result`, and `stats`
+    (`num_steps`, `error` = `‖b − Ax‖/‖b‖`, and `num_matvecs` for jaxsolve's iterative solvers).
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import jaxsolve as js
+
+    A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    b = jnp.array([1.0, 2.0])
+    sol = js.linear.solve(A, b, solver=js.linear.CG(tol=1e-12))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b))
+
+    # derivative w.r.t. a parameter of a matrix-free A
+    loss = lambda t: js.linear.solve(lambda v: A @ v + t * v, b).value.sum()
+    ref = lambda t: jnp.linalg.solve(A + t * jnp.eye(2), b).sum()
+    assert jnp.allclose(jax.grad(loss)(0.5), jax.grad(ref)(0.5), atol=1e-5)
+    ```
+    """
+    if not isinstance(solver, lx.AbstractLinearSolver):
+        raise TypeError(
+            "`solver` must be a lineax solver, e.g. js.linear.CG(), js.linear.GMRES(), "
+            f"js.linear.SOR(omega=1.5) or lx.LU(); got {type(solver).__name__}."
+        )
+    if not eqx.is_array_like(b):
+        raise TypeError(f"`b` must be an array; got {type(b).__name__}.")
+    b = jnp.asarray(b)
+    if not jnp.issubdtype(b.dtype, jnp.inexact):
+        b = b.astype(jnp.result_type(float))
+    operator = as_operator(A, b)
+    if x0 is not None:
+        x0 = jnp.asarray(x0, dtype=b.dtype)
+        if x0.shape != b.shape:
+            raise ValueError(f"`x0` must have the shape of `b`, {b.shape}; got {x0.shape}.")
+    return _solve(operator, b, solver, x0, throw)

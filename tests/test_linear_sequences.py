@@ -1,0 +1,193 @@
+"""Stencil5 operators and the relaxation bandit: structure against dense matrices, iteration
+counts (never times) for the sequence methods."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsolve as js
+from jaxsolve.linear._bandit import _tsallis_weights
+
+
+def _random_stencil(key, shape=(5, 4)):
+    ks = jax.random.split(key, 5)
+    c = 5.0 + jax.random.uniform(ks[0], shape)
+    off = [-jax.random.uniform(k, shape) for k in ks[1:]]
+    return js.linear.Stencil5(c, *off)
+
+
+def test_stencil_matches_its_matrix_and_transpose(key):
+    A = _random_stencil(key)
+    M = np.asarray(A.as_matrix())
+    u = jax.random.normal(key, (5, 4))
+    np.testing.assert_allclose(A.mv(u).ravel(), M @ np.asarray(u).ravel(), atol=1e-12)
+    np.testing.assert_allclose(A.transpose().as_matrix(), M.T, atol=1e-12)
+    # Poisson: the textbook 5-point matrix
+    P = np.asarray(js.linear.Stencil5.poisson((3, 3)).as_matrix())
+    T = 4 * np.eye(3) - np.eye(3, k=1) - np.eye(3, k=-1)
+    np.testing.assert_allclose(
+        P, np.kron(np.eye(3), T) - np.kron(np.eye(3, k=1) + np.eye(3, k=-1), np.eye(3))
+    )
+
+
+def test_darcy_is_spd(key):
+    a = jnp.exp(jax.random.normal(key, (6, 5)))
+    M = np.asarray(js.linear.Stencil5.darcy(a).as_matrix())
+    np.testing.assert_allclose(M, M.T, atol=1e-12)
+    assert np.linalg.eigvalsh(M).min() > 0
+
+
+@pytest.mark.parametrize("cls", [js.linear.SOR, js.linear.SSOR])
+def test_stencil_sweeps_equal_dense_sweeps(key, cls):
+    # The row-by-row sweep of a stencil and the dense triangular sweep of its matrix take the
+    # same iterates: same counts, same solution, also for a non-symmetric stencil.
+    A = _random_stencil(key)
+    b = jnp.ones((5, 4))
+    s1 = js.linear.solve(A, b, cls(omega=1.3, tol=1e-10))
+    s2 = js.linear.solve(A.as_matrix(), b.ravel(), cls(omega=1.3, tol=1e-10))
+    assert int(s1.stats["num_steps"]) == int(s2.stats["num_steps"])
+    np.testing.assert_allclose(s1.value.ravel(), s2.value, atol=1e-10)
+    np.testing.assert_allclose(
+        s1.value.ravel(), np.linalg.solve(A.as_matrix(), b.ravel()), atol=1e-8
+    )
+
+
+def test_stencil_ssor_preconditioner_matches_dense(key):
+    A = js.linear.Stencil5.darcy(jnp.exp(jax.random.normal(key, (6, 5))))
+    b = jnp.ones((6, 5))
+    pcg = js.linear.CG(tol=1e-10, preconditioner=js.linear.SSORPreconditioner(1.4))
+    s1 = js.linear.solve(A, b, pcg)
+    s2 = js.linear.solve(A.as_matrix(), b.ravel(), pcg)
+    assert int(s1.stats["num_steps"]) == int(s2.stats["num_steps"])
+    plain = js.linear.solve(A, b, js.linear.CG(tol=1e-10))
+    assert int(s1.stats["num_steps"]) < int(plain.stats["num_steps"])
+
+
+def test_gradient_wrt_darcy_coefficients(key):
+    a = jnp.exp(0.3 * jax.random.normal(key, (4, 4)))
+    b = jnp.ones((4, 4))
+    f = lambda a: jnp.sum(
+        js.linear.solve(js.linear.Stencil5.darcy(a), b, js.linear.CG(tol=1e-12)).value ** 2
+    )
+    g = lambda a: jnp.sum(jnp.linalg.solve(js.linear.Stencil5.darcy(a).as_matrix(), b.ravel()) ** 2)
+    np.testing.assert_allclose(jax.grad(f)(a), jax.grad(g)(a), rtol=1e-6)
+
+
+# --- bandit -----------------------------------------------------------------------------------
+
+
+def test_tsallis_weights_closed_form():
+    loss = jnp.array([0.0, 1.0, 3.0, 7.0])
+    eta = 0.7
+    w = _tsallis_weights(loss, eta)
+    # The optimality condition of min <w, L> − (4/η) Σ √w_i over the simplex: 1/√w_i = η(L_i − x).
+    x = loss - 2.0 / (eta * jnp.sqrt(w))
+    np.testing.assert_allclose(x, x[0], atol=1e-9)
+    np.testing.assert_allclose(w.sum(), 1.0, atol=1e-12)
+
+
+def _simulate(bandit, costs, features, seed=0):
+    def body(state, inp):
+        cost_row, f = inp
+        arm, _, state = bandit.choose(state, f)
+        return bandit.update(state, arm, cost_row[arm], f), cost_row[arm]
+
+    state, paid = jax.lax.scan(body, bandit.init(jax.random.PRNGKey(seed)), (costs, features))
+    return state, paid
+
+
+def test_bandit_approaches_best_fixed_arm():
+    # Synthetic iteration counts: arm 6 of 10 is best by a margin, counts are noisy.
+    T, K = 400, 10
+    key = jax.random.PRNGKey(3)
+    base = 100 + 40 * jnp.abs(jnp.arange(K) - 6.0)
+    costs = base + 20 * jax.random.uniform(key, (T, K))
+    bandit = js.linear.RelaxationBandit(
+        jnp.linspace(1.0, 1.9, K), loss_scale=400, learning_rate=8.0
+    )
+    state, paid = _simulate(bandit, costs, jnp.zeros(T))
+    best = costs.sum(0).min()
+    assert float(paid.sum()) <= 1.3 * float(best)
+    assert float(bandit.greedy(state)) == pytest.approx(float(bandit.omegas[6]))
+
+
+def test_contextual_bandit_uses_the_feature():
+    # The best arm depends on the feature: low feature -> arm 0, high feature -> arm 4.
+    T, K = 600, 5
+    f = jax.random.uniform(jax.random.PRNGKey(4), (T,))
+    best_arm = jnp.where(f < 0.5, 0, 4)
+    costs = 100 + 200 * (jnp.arange(K)[None, :] != best_arm[:, None])
+    ctx = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.8, K), loss_scale=400, num_contexts=2)
+    plain = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.8, K), loss_scale=400)
+    _, paid_ctx = _simulate(ctx, costs, f)
+    _, paid = _simulate(plain, costs, f)
+    assert float(paid_ctx.sum()) < 0.8 * float(paid.sum())
+    state, _ = _simulate(ctx, costs, f)
+    assert float(ctx.greedy(state, 0.1)) == pytest.approx(1.0)
+    assert float(ctx.greedy(state, 0.9)) == pytest.approx(1.8)
+
+
+@jax.jit
+def _live_sequence(cs):
+    bandit = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.9, 10), loss_scale=300)
+    b = jnp.ones((10, 10))
+
+    def body(state, c):
+        arm, omega, state = bandit.choose(state)
+        A = js.linear.Stencil5.poisson((10, 10), shift=c)
+        n = js.linear.solve(A, b, js.linear.SOR(omega, 1e-6, max_steps=600), throw=False).stats
+        gs = js.linear.solve(A, b, js.linear.SOR(1.0, 1e-6, max_steps=600), throw=False).stats
+        return bandit.update(state, arm, n["num_steps"]), (n["num_steps"], gs["num_steps"])
+
+    return jax.lax.scan(body, bandit.init(jax.random.PRNGKey(0)), cs)[1]
+
+
+def test_live_bandit_beats_gauss_seidel_in_iterations():
+    cs = 0.02 * jax.random.uniform(jax.random.PRNGKey(5), (60,))
+    ours, gs = _live_sequence(cs)
+    assert int(ours.sum()) < int(gs.sum()) / 1.5
+
+
+def test_bandit_bad_input():
+    with pytest.raises(ValueError, match="between 0 and 2"):
+        js.linear.RelaxationBandit(jnp.array([1.0, 2.5]))
+    with pytest.raises(ValueError, match="feature"):
+        js.linear.RelaxationBandit(num_contexts=3).choose(
+            js.linear.RelaxationBandit(num_contexts=3).init(jax.random.PRNGKey(0))
+        )
+
+
+# --- recycling --------------------------------------------------------------------------------
+
+
+def test_gcrodr_solutions_and_fewer_matvecs_on_a_sequence():
+    n = 12
+    gcrodr = js.linear.GCRODR(tol=1e-8, restart=10, recycle=8)
+    space = gcrodr.init(jnp.ones((n, n)))
+    counts, gmres_counts = [], []
+    for i, c in enumerate(jnp.linspace(0.0, 0.01, 6)):
+        A = js.linear.Stencil5.poisson((n, n), shift=c)
+        b = jax.random.normal(jax.random.PRNGKey(i), (n, n))
+        sol, space = gcrodr.solve(A, b, space)
+        x_ref = np.linalg.solve(np.asarray(A.as_matrix()), np.asarray(b).ravel())
+        np.testing.assert_allclose(np.asarray(sol.value).ravel(), x_ref, atol=1e-6)
+        assert sol.result == js.RESULTS.successful
+        counts.append(int(sol.stats["num_matvecs"]))
+        gmres = js.linear.solve(A, b, js.linear.GMRES(tol=1e-8, restart=10))
+        gmres_counts.append(int(gmres.stats["num_matvecs"]))
+    # The recycled space pays off against the same restarted Krylov method without it.
+    assert sum(counts[1:]) < 0.5 * sum(gmres_counts[1:])
+
+
+def test_gcrodr_bad_input():
+    with pytest.raises(ValueError, match="recycle < restart"):
+        js.linear.GCRODR(restart=5, recycle=5)
+    g = js.linear.GCRODR(restart=10, recycle=3)
+    with pytest.raises(ValueError, match="space"):
+        g.solve(jnp.eye(4), jnp.ones(4), g.init(jnp.ones(5)))
+
+
+def test_order_by_similarity_is_greedy_nearest_neighbour():
+    f = jnp.array([[0.0, 0.0], [5.0, 5.0], [1.0, 0.0], [4.0, 5.0], [2.0, 1.0]])
+    assert js.linear.order_by_similarity(f).tolist() == [0, 2, 4, 3, 1]
