@@ -9,6 +9,7 @@ To add a solver, subclass `AbstractOTSolver` (see `jaxsolve/ot/_base.py`): imple
 does the rest (validation, gauge, loop, implicit derivative, output).
 """
 
+from ._anderson import Anderson as Anderson
 from ._base import AbstractOTSolver as AbstractOTSolver
 from ._costs import (
     AbstractCost as AbstractCost,

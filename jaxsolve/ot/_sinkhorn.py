@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._solution import RESULTS
+from ._anderson import Anderson
 from ._base import AbstractOTSolver
 from ._epsilon_scaling import EpsilonScaling
 from ._geometry import mean_cost
@@ -17,6 +18,7 @@ from ._problem import OTProblem
 
 class _SinkhornState(eqx.Module):
     K: Array | None  # kernel exp((fK + gK − C)/epsK) (kernel mode only)
+    KT: Array | None  # its transpose, stored: XLA's CPU matvec with K.T is ~10x slower
     fK: Array
     gK: Array
     epsK: Array
@@ -27,6 +29,8 @@ class _SinkhornState(eqx.Module):
     err: Array
     err_prev: Array
     omega: Array
+    rate: Array  # last measured convergence rate per sweep (Momentum)
+    hist: tuple | None  # Anderson history
     fallbacks: Array  # how many times kernel mode fell back to the log domain
 
 
@@ -94,8 +98,12 @@ class Sinkhorn(AbstractOTSolver):
             self.epsilon_scaling, EpsilonScaling
         ):
             raise TypeError("`epsilon_scaling` must be None or js.ot.EpsilonScaling(...).")
-        if self.acceleration is not None and not isinstance(self.acceleration, Momentum):
-            raise TypeError("`acceleration` must be None or js.ot.Momentum(...).")
+        if self.acceleration is not None and not isinstance(
+            self.acceleration, (Momentum, Anderson)
+        ):
+            raise TypeError(
+                "`acceleration` must be None, js.ot.Momentum(...) or js.ot.Anderson(...)."
+            )
 
     def loop_steps(self):
         return math.ceil(self.max_steps / self.check_every)
@@ -111,49 +119,63 @@ class Sinkhorn(AbstractOTSolver):
 
     def _build_kernel(self, problem, f, g, eps):
         fm, gm = problem.masked(f, g)
-        return problem.geom.kernel(fm, gm, eps)
+        K = problem.geom.kernel(fm, gm, eps)
+        return K, K.T
 
-    def _log_sweeps(self, problem, f, g, eps, omega, count):
+    def _anderson(self):
+        return self.acceleration if isinstance(self.acceleration, Anderson) else None
+
+    def _log_sweeps(self, problem, f, g, eps, omega, count, hist=None, active=False):
         geom = problem.geom
+        aa = self._anderson() if hist is not None else None
 
-        def sweep(_, fg):
-            f, g = fg
-            fm, gm = problem.masked(f, g)
+        def sweep(_, carry):
+            f, g, hist = carry
+            _, gm = problem.masked(f, g)
             f_new = eps * problem.log_a - problem.tau_a * eps * geom.lse(gm / eps, eps, 1)
-            f = jnp.where(problem.mask_a, (1 - omega) * f + omega * f_new, 0.0)
-            fm = jnp.where(problem.mask_a, f, -jnp.inf)
+            f1 = jnp.where(problem.mask_a, (1 - omega) * f + omega * f_new, 0.0)
+            fm = jnp.where(problem.mask_a, f1, -jnp.inf)
             g_new = eps * problem.log_b - problem.tau_b * eps * geom.lse(fm / eps, eps, 0)
-            g = jnp.where(problem.mask_b, (1 - omega) * g + omega * g_new, 0.0)
-            return f, g
+            g1 = jnp.where(problem.mask_b, (1 - omega) * g + omega * g_new, 0.0)
+            if aa is not None:
+                g1, hist = aa.update(hist, g / eps, g1 / eps, active)
+                g1 = g1 * eps
+            return f1, g1, hist
 
-        f, g = jax.lax.fori_loop(0, count, sweep, (f, g))
-        return f, g, problem.marginal_error(f, g, eps)
+        f, g, hist = jax.lax.fori_loop(0, count, sweep, (f, g, hist))
+        return f, g, problem.marginal_error(f, g, eps), hist
 
-    def _kernel_sweeps(self, problem, K, fK, gK, eps, lu, lv, omega):
+    def _kernel_sweeps(self, problem, K, KT, fK, gK, eps, lu, lv, omega, hist, active):
         ma, mb = problem.mask_a, problem.mask_b
         # log u_new = log a − τ_a log(K̃ v) + (τ_a − 1) fK/ε  (and the same for v)
         ca = problem.log_a + (problem.tau_a - 1) * fK / eps
         cb = problem.log_b + (problem.tau_b - 1) * gK / eps
 
-        def sweep(_, uv):
-            lu, lv = uv
+        aa = self._anderson()
+        thr = _absorb_threshold(K.dtype)
+
+        def sweep(_, carry):
+            lu, lv, hist = carry
             Kv = K @ jnp.exp(lv)
             lu_new = ca - problem.tau_a * jnp.log(jnp.where(ma, Kv, 1.0))
             lu = jnp.where(ma, (1 - omega) * lu + omega * lu_new, 0.0)
-            Ku = K.T @ jnp.exp(lu)
+            Ku = KT @ jnp.exp(lu)
             lv_new = cb - problem.tau_b * jnp.log(jnp.where(mb, Ku, 1.0))
-            lv = jnp.where(mb, (1 - omega) * lv + omega * lv_new, 0.0)
-            return lu, lv
+            lv1 = jnp.where(mb, (1 - omega) * lv + omega * lv_new, 0.0)
+            if aa is not None:  # extrapolate log v (small numbers: precise in float32)
+                lv1, hist = aa.update(hist, lv, lv1, active, 0.0, thr)
+                lv1 = jnp.where(mb, lv1, 0.0)
+            return lu, lv1, hist
 
-        lu, lv = jax.lax.fori_loop(0, self.check_every, sweep, (lu, lv))
+        lu, lv, hist = jax.lax.fori_loop(0, self.check_every, sweep, (lu, lv, hist))
         u, v = jnp.exp(lu), jnp.exp(lv)
         r = u * (K @ v)
-        c = v * (K.T @ u)
+        c = v * (KT @ u)
         f = jnp.where(ma, fK + eps * lu, 0.0)
         g = jnp.where(mb, gK + eps * lv, 0.0)
         ta, tb = problem.targets(f, g, eps)
         err = jnp.sum(jnp.abs(r - ta)) + jnp.sum(jnp.abs(c - tb))
-        return f, g, err
+        return f, g, err, hist
 
     # ---- the solver interface --------------------------------------------------------------
     def ot_init(self, y, problem: OTProblem):
@@ -165,11 +187,14 @@ class Sinkhorn(AbstractOTSolver):
         else:
             eps0 = jnp.asarray(self.epsilon_scaling.init, dtype)
         eps = self._epsilon(problem, eps0, 0)
-        K = self._build_kernel(problem, f, g, eps) if self._use_kernel(problem) else None
+        K, KT = (
+            self._build_kernel(problem, f, g, eps) if self._use_kernel(problem) else (None, None)
+        )
         zero = jnp.array(0, jnp.int32)
         big = jnp.asarray(jnp.finfo(dtype).max, dtype)
         return _SinkhornState(
             K=K,
+            KT=KT,
             fK=f,
             gK=g,
             epsK=eps,
@@ -180,6 +205,8 @@ class Sinkhorn(AbstractOTSolver):
             err=big,
             err_prev=big,
             omega=jnp.asarray(1.0, dtype),
+            rate=jnp.asarray(0.0, dtype),
+            hist=None if self._anderson() is None else self._anderson().init(g),
             fallbacks=zero,
         )
 
@@ -187,41 +214,52 @@ class Sinkhorn(AbstractOTSolver):
         f, g = y
         eps = self._epsilon(problem, state.eps0, state.outer)
         omega = state.omega
+        active = eps <= problem.epsilon
+        hist = state.hist
         if self._use_kernel(problem):
             thr = _absorb_threshold(f.dtype)
             lu = (f - state.fK) / eps
             lv = (g - state.gK) / eps
             drift = jnp.maximum(jnp.max(jnp.abs(lu)), jnp.max(jnp.abs(lv)))
             rebuild = (eps != state.epsK) | ~(drift <= thr)
-            K, fK, gK = jax.lax.cond(
+            K, KT, fK, gK = jax.lax.cond(
                 rebuild,
-                lambda: (self._build_kernel(problem, f, g, eps), f, g),
-                lambda: (state.K, state.fK, state.gK),
+                lambda: (*self._build_kernel(problem, f, g, eps), f, g),
+                lambda: (state.K, state.KT, state.fK, state.gK),
             )
+            if hist is not None:  # history of log v is relative to gK: re-centre it
+                shift = jnp.where(rebuild, (state.gK - gK) / eps, 0.0)
+                hist = (hist[0] + shift, hist[1], hist[2])
             lu = jnp.where(rebuild, 0.0, lu)
             lv = jnp.where(rebuild, 0.0, lv)
-            f1, g1, err = self._kernel_sweeps(problem, K, fK, gK, eps, lu, lv, omega)
+            f1, g1, err, hist1 = self._kernel_sweeps(
+                problem, K, KT, fK, gK, eps, lu, lv, omega, hist, active
+            )
             ok = jnp.isfinite(err) & jnp.all(jnp.isfinite(f1)) & jnp.all(jnp.isfinite(g1))
-            f1, g1, err = jax.lax.cond(
+            f1, g1, err, hist = jax.lax.cond(
                 ok,
-                lambda: (f1, g1, err),
-                lambda: self._log_sweeps(problem, f, g, eps, omega, self.check_every),
+                lambda: (f1, g1, err, hist1),
+                lambda: self._log_sweeps(problem, f, g, eps, 1.0, self.check_every, hist, False),
             )
             fallbacks = state.fallbacks + (~ok).astype(jnp.int32)
         else:
-            K, fK, gK = state.K, state.fK, state.gK
-            f1, g1, err = self._log_sweeps(problem, f, g, eps, omega, self.check_every)
+            K, KT, fK, gK = state.K, state.KT, state.fK, state.gK
+            f1, g1, err, hist = self._log_sweeps(
+                problem, f, g, eps, omega, self.check_every, hist, active
+            )
             fallbacks = state.fallbacks
         is_target = eps <= problem.epsilon
         at_target = state.at_target + is_target.astype(jnp.int32)
-        if self.acceleration is not None:
-            omega = jnp.where(
-                is_target,
-                self.acceleration.adapt(omega, err, state.err, at_target, self.check_every),
-                omega,
+        rate = state.rate
+        if isinstance(self.acceleration, Momentum):
+            new_omega, new_rate = self.acceleration.adapt(
+                omega, rate, err, state.err, at_target, self.check_every
             )
+            omega = jnp.where(is_target, new_omega, omega)
+            rate = jnp.where(is_target, new_rate, rate)
         new_state = _SinkhornState(
             K=K,
+            KT=KT,
             fK=fK,
             gK=gK,
             epsK=eps,
@@ -232,6 +270,8 @@ class Sinkhorn(AbstractOTSolver):
             err=jnp.where(is_target, err, jnp.maximum(err, 2 * self.tol)),
             err_prev=state.err,
             omega=omega,
+            rate=rate,
+            hist=hist,
             fallbacks=fallbacks,
         )
         return (f1, g1), new_state, RESULTS.successful
