@@ -17,6 +17,7 @@ from ._costs import (
     PNorm as PNorm,
     SqEuclidean as SqEuclidean,
 )
+from ._divergence import sinkhorn_divergence as sinkhorn_divergence
 from ._epsilon_scaling import EpsilonScaling as EpsilonScaling
 from ._geometry import (
     AbstractGeometry as AbstractGeometry,
