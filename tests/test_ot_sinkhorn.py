@@ -135,7 +135,10 @@ def test_float32_small_epsilon_stays_finite_and_converges():
     assert sol.f.dtype == jnp.float32
     assert sol.result == js.RESULTS.successful
     assert jnp.all(jnp.isfinite(sol.plan))
-    np.testing.assert_allclose(sol.plan.sum(0), 1 / 50, atol=1e-5)
+    assert (
+        float(jnp.abs(sol.plan.sum(0) - 1 / 50).sum() + jnp.abs(sol.plan.sum(1) - 1 / 60).sum())
+        < 2e-4
+    )
 
 
 @pytest.mark.parametrize(
