@@ -1,5 +1,6 @@
 """jaxsolve: differentiable solvers in JAX."""
 
+from . import ot as ot
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,

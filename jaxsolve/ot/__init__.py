@@ -1,8 +1,39 @@
-"""Optimal transport."""
+"""jaxsolve.ot: differentiable entropic optimal transport.
 
-from ._smooth import (
+`Geometry` / `PointCloud` describe the cost, `solve` runs an `AbstractOTSolver` (`Sinkhorn`,
+...) and returns an `OTSolution`; derivatives come from the implicit function theorem on
+`ot_optimality`, shared by every solver.
+
+To add a solver, subclass `AbstractOTSolver` (see `jaxsolve/ot/_base.py`): implement
+`ot_init`, `ot_step`, `ot_error` over the potentials `(f, g)` and an `OTProblem`; `solve`
+does the rest (validation, gauge, loop, implicit derivative, output).
+"""
+
+from ._anderson import Anderson as Anderson
+from ._base import AbstractOTSolver as AbstractOTSolver
+from ._costs import (
+    AbstractCost as AbstractCost,
+    Cosine as Cosine,
+    PNorm as PNorm,
+    SqEuclidean as SqEuclidean,
+)
+from ._epsilon_scaling import EpsilonScaling as EpsilonScaling
+from ._geometry import (
+    AbstractGeometry as AbstractGeometry,
+    Geometry as Geometry,
+    PointCloud as PointCloud,
+)
+from ._momentum import Momentum as Momentum
+from ._output import OTSolution as OTSolution
+from ._problem import OTProblem as OTProblem, ot_optimality as ot_optimality
+from ._sinkhorn import Sinkhorn as Sinkhorn
+from ._solve import solve as solve
+
+# Sinkhorn–Newton–Sparse, quadratic / sparsity-constrained OT and minibatch couplings.
+from ._smooth import (  # noqa: E402
     QuadraticOT as QuadraticOT,
     SmoothOTOutput as SmoothOTOutput,
     SparsityConstrainedOT as SparsityConstrainedOT,
     solve_smooth as solve_smooth,
 )
+from ._sparse_newton import SparseNewton as SparseNewton  # noqa: E402

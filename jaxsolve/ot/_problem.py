@@ -1,0 +1,150 @@
+"""`OTProblem`: a geometry with its marginals, and THE optimality function of entropic OT.
+
+Every OT solver (Sinkhorn, Sinkhorn–Newton–Sparse, ...) finds potentials `y = (f, g)` that
+zero `ot_optimality`; `ImplicitAdjoint` differentiates exactly that function, so every solver
+has the same derivative.
+
+Convention: the plan is `P_ij = exp((f_i + g_j − C_ij)/ε)`, the problem is
+
+    min_P ⟨C, P⟩ + ε KL(P | a⊗b) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b),
+
+with `ρ = ε τ/(1 − τ)` (`τ = 1`: that marginal is a hard constraint). Points of zero weight
+have their potential set to 0 and are masked out of the plan.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._geometry import AbstractGeometry
+
+
+def _xlogx_safe_log(a):
+    return jnp.log(jnp.where(a > 0, a, 1.0))
+
+
+class OTProblem(eqx.Module):
+    """A (possibly unbalanced) entropic OT problem: what solvers receive as `args`.
+
+    **Attributes:** `geom`, `a`, `b` (weights), `tau_a`, `tau_b` (in `(0, 1]`, 1 = balanced),
+    `epsilon` (the regularisation actually used).
+    """
+
+    geom: AbstractGeometry
+    a: Array
+    b: Array
+    tau_a: Array
+    tau_b: Array
+    epsilon: Array
+
+    # ---- small helpers shared by solvers -------------------------------------------------
+    @property
+    def mask_a(self):
+        return self.a > 0
+
+    @property
+    def mask_b(self):
+        return self.b > 0
+
+    @property
+    def log_a(self):
+        return _xlogx_safe_log(self.a)
+
+    @property
+    def log_b(self):
+        return _xlogx_safe_log(self.b)
+
+    @property
+    def balanced(self):
+        """1.0 when both marginals are hard constraints (the dual then has a gauge freedom)."""
+        return ((self.tau_a == 1) & (self.tau_b == 1)).astype(self.a.dtype)
+
+    def lam(self, eps=None):
+        """`1/ρ = (1 − τ)/(ε τ)` for each side (0 when balanced)."""
+        eps = self.epsilon if eps is None else eps
+        return (1 - self.tau_a) / (eps * self.tau_a), (1 - self.tau_b) / (eps * self.tau_b)
+
+    def masked(self, f, g):
+        """`f`, `g` with `-inf` at zero-weight points (so they drop out of the plan)."""
+        return jnp.where(self.mask_a, f, -jnp.inf), jnp.where(self.mask_b, g, -jnp.inf)
+
+    def targets(self, f, g, eps=None):
+        """The marginals the plan must have at a solution: `a·exp(−(f − ε log a)/ρ_a)`, ...
+        (just `a`, `b` in the balanced case)."""
+        eps = self.epsilon if eps is None else eps
+        lam_a, lam_b = self.lam(eps)
+        ta = self.a * jnp.exp(-lam_a * (f - eps * self.log_a))
+        tb = self.b * jnp.exp(-lam_b * (g - eps * self.log_b))
+        return jnp.where(self.mask_a, ta, 0.0), jnp.where(self.mask_b, tb, 0.0)
+
+    def marginals(self, f, g, eps=None):
+        """Row and column sums of the plan `(P1, Pᵀ1)`."""
+        eps = self.epsilon if eps is None else eps
+        fm, gm = self.masked(f, g)
+        n, m = self.geom.shape
+        dtype = self.a.dtype
+        r = self.geom.apply_kernel(fm, gm, eps, jnp.ones(m, dtype), 1)
+        c = self.geom.apply_kernel(fm, gm, eps, jnp.ones(n, dtype), 0)
+        return r, c
+
+    def marginal_error(self, f, g, eps=None):
+        """L1 error of the first-order conditions: `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁` when balanced."""
+        r, c = self.marginals(f, g, eps)
+        ta, tb = self.targets(f, g, eps)
+        return jnp.sum(jnp.abs(r - ta)) + jnp.sum(jnp.abs(c - tb))
+
+    def normalise(self, f, g):
+        """Canonical gauge: in the balanced case shift `(f + s, g − s)` so that
+        `⟨a, f⟩ = ⟨b, g⟩` (the plan does not change). A no-op when unbalanced."""
+        kappa = jnp.sum(self.a * f) - jnp.sum(self.b * g)
+        s = -kappa / (jnp.sum(self.a) + jnp.sum(self.b))
+        s = self.balanced * s
+        f = jnp.where(self.mask_a, f + s, 0.0)
+        g = jnp.where(self.mask_b, g - s, 0.0)
+        return f, g
+
+    def dual(self, f, g):
+        """The dual objective at `(f, g)`; at the solution it equals the primal value
+        `⟨C, P⟩ + ε KL(P | a⊗b) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)`."""
+        eps = self.epsilon
+        lam_a, lam_b = self.lam()
+        ft = jnp.where(self.mask_a, f - eps * self.log_a, 0.0)
+        gt = jnp.where(self.mask_b, g - eps * self.log_b, 0.0)
+
+        def side(w, pot, lam):
+            lin = jnp.sum(w * pot)
+            lam_safe = jnp.where(lam > 0, lam, 1.0)
+            kl = -jnp.sum(w * jnp.expm1(-lam_safe * pot)) / lam_safe
+            return jnp.where(lam > 0, kl, lin)
+
+        r, _ = self.marginals(f, g)
+        mass = jnp.sum(r)
+        return (
+            side(self.a, ft, lam_a)
+            + side(self.b, gt, lam_b)
+            - eps * (mass - jnp.sum(self.a) * jnp.sum(self.b))
+        )
+
+
+def ot_optimality(fn, y, problem: OTProblem):
+    """THE optimality function of entropic OT, zero exactly at the (canonical) solution.
+
+    `F_f = P1 − target_a + β a κ/ε`, `F_g = Pᵀ1 − target_b − β b κ/ε` with
+    `κ = ⟨a, f⟩ − ⟨b, g⟩` and `β = 1` in the balanced case (else 0). Its Jacobian in `(f, g)`
+    is `(1/ε)([[diag P1, P], [Pᵀ, diag Pᵀ1]] + w wᵀ) + diag(unbalanced terms)` with
+    `w = (a, −b)`: symmetric positive definite. The `w wᵀ` term removes the null direction
+    `(1, −1)` of the balanced dual (it fixes the gauge `κ = 0` that solvers return), so
+    matrix-free CG solves it. Zero-weight points get `F = f · mean(a)/ε` (their potential is 0).
+    """
+    del fn
+    f, g = y
+    eps = problem.epsilon
+    r, c = problem.marginals(f, g)
+    ta, tb = problem.targets(f, g)
+    kappa = jnp.sum(problem.a * f) - jnp.sum(problem.b * g)
+    beta = problem.balanced / eps
+    Ff = r - ta + beta * problem.a * kappa
+    Fg = c - tb - beta * problem.b * kappa
+    Ff = jnp.where(problem.mask_a, Ff, f * jnp.mean(problem.a) / eps)
+    Fg = jnp.where(problem.mask_b, Fg, g * jnp.mean(problem.b) / eps)
+    return Ff, Fg
