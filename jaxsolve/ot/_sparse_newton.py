@@ -212,7 +212,6 @@ class SparseNewton(AbstractOTSolver):
             "sinkhorn_steps": state.sinkhorn_steps,
             "newton_steps": state.newton_steps,
             "cg_steps": state.cg_steps,
-            "marginal_error": state.err,
         }
 
     def ot_step(self, y, problem: OTProblem, state: _SNSState):
