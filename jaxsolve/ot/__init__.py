@@ -37,3 +37,4 @@ from ._smooth import (  # noqa: E402
     solve_smooth as solve_smooth,
 )
 from ._sparse_newton import SparseNewton as SparseNewton  # noqa: E402
+from ._coupling import coupling as coupling  # noqa: E402
