@@ -27,8 +27,9 @@ def _sq_dists(x, y):
     return jnp.maximum(x2[:, None] + y2[None, :] - 2.0 * x @ y.T, 0.0)
 
 
-def auction_assignment(cost: Array, *, eps_final: float = 1e-2, scaling: float = 10.0,
-                       max_rounds: int = 100_000) -> Array:
+def auction_assignment(
+    cost: Array, *, eps_final: float = 1e-2, scaling: float = 10.0, max_rounds: int = 100_000
+) -> Array:
     """The assignment `σ` minimising `Σ_i C[i, σ(i)]` (square `C`), by the auction algorithm.
 
     Jacobi auction with epsilon-scaling: prices are kept across phases, the assignment is
@@ -77,8 +78,10 @@ def auction_assignment(cost: Array, *, eps_final: float = 1e-2, scaling: float =
             got = winner < n  # objects that received a winning bid this round
             new_owner = jnp.where(got, winner, owner)
             # Previous owners of re-assigned objects become unassigned.
-            lost = jnp.zeros((n,), bool).at[jnp.where(got & (owner >= 0), owner, n)].set(
-                True, mode="drop"
+            lost = (
+                jnp.zeros((n,), bool)
+                .at[jnp.where(got & (owner >= 0), owner, n)]
+                .set(True, mode="drop")
             )
             assigned = jnp.where(lost, -1, assigned)
             is_winner = won & (winner[j1] == persons)

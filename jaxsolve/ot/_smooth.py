@@ -171,7 +171,9 @@ class SmoothOTOutput(eqx.Module):
 
     @property
     def dual_cost(self) -> Array:
-        return -_neg_dual_nopen(self.f, self.g, self.cost_matrix, self.gamma, self.k, self.a, self.b)
+        return -_neg_dual_nopen(
+            self.f, self.g, self.cost_matrix, self.gamma, self.k, self.a, self.b
+        )
 
 
 def _column_topk(x: Array, k: int):

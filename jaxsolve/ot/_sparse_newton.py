@@ -146,6 +146,10 @@ class SparseNewton(AbstractOTSolver):
     - `k`: entries kept per row and per column of the plan in the Hessian (default 32).
     - `cg_tol`, `cg_max_steps`: relative tolerance and the most iterations of each CG solve.
     - `max_backtracks`: the most halvings of the step in the line search.
+    - `anneal_from`: the warm-up anneals epsilon from this × the mean cost (default 0.1).
+    - `max_shift`: a Newton step moves no potential by more than this × epsilon (default 30):
+      at small epsilon the Hessian is nearly singular along shifts of weakly coupled blocks.
+    - `floor`: the Hessian's diagonal is floored at this × the target marginal (default 0.1).
 
     `sol.stats` has `num_steps` (all iterations), `sinkhorn_steps`, `newton_steps`, `cg_steps`.
 
@@ -172,6 +176,8 @@ class SparseNewton(AbstractOTSolver):
     cg_max_steps: int = eqx.field(static=True, default=200)
     max_backtracks: int = eqx.field(static=True, default=20)
     anneal_from: float | Array = 0.1
+    floor: float | Array = 0.1
+    max_shift: float | Array = 30.0
 
     def __check_init__(self):
         for name in ("max_steps", "k", "cg_max_steps"):
@@ -236,8 +242,10 @@ class SparseNewton(AbstractOTSolver):
             logp = _log_plan(f, g, cost, eps, problem)
             p = jnp.exp(logp)
             r, c = p.sum(1), p.sum(0)
-            grad = (jnp.where(problem.mask_a, problem.a - r, 0.0),
-                    jnp.where(problem.mask_b, problem.b - c, 0.0))
+            grad = (
+                jnp.where(problem.mask_a, problem.a - r, 0.0),
+                jnp.where(problem.mask_b, problem.b - c, 0.0),
+            )
             # Static-shape sparsification: top-k per row, top-k per column (minus the entries
             # already kept by their row, so the union is counted once).
             kr, kc = min(self.k, m), min(self.k, n)
@@ -250,8 +258,11 @@ class SparseNewton(AbstractOTSolver):
             col_v = jnp.where(col_keep, col_v, 0.0)
             cols = jnp.broadcast_to(jnp.arange(m)[:, None], col_i.shape)
             ridge = 1e-12 * jnp.maximum(jnp.max(r), jnp.max(c)) + jnp.finfo(dtype).tiny
-            diag_f = r + ridge
-            diag_g = c + ridge
+            # Far from the optimum a row or column can carry almost no mass (P1 ≪ a), and the
+            # Newton step along it, ε(a − P1)/P1, is then enormous; flooring the diagonal at a
+            # fraction of the target mass bounds it (near the optimum P1 ≈ a: no change).
+            diag_f = jnp.maximum(r, self.floor * problem.a) + ridge
+            diag_g = jnp.maximum(c, self.floor * problem.b) + ridge
 
             def p_dot(v):  # P̃ v
                 out = jnp.sum(row_v * v[row_i], axis=1)
@@ -274,6 +285,15 @@ class SparseNewton(AbstractOTSolver):
             (df, dg), iters = _pcg(matvec, rhs, precond, self.cg_tol, self.cg_max_steps)
             df = jnp.where(problem.mask_a, df, 0.0)
             dg = jnp.where(problem.mask_b, dg, 0.0)
+            # At small ε the plan nearly splits into blocks that exchange almost no mass; the
+            # Hessian is then nearly singular along "shift one block" directions and the Newton
+            # step along them is enormous although a shift of a few ε is what is needed. Cap
+            # the step at `max_shift` × ε per coordinate before the line search.
+            size = jnp.maximum(jnp.max(jnp.abs(df)), jnp.max(jnp.abs(dg)))
+            shrink = jnp.minimum(
+                1.0, self.max_shift * eps / jnp.maximum(size, jnp.finfo(dtype).tiny)
+            )
+            df, dg = shrink * df, shrink * dg
             slope = jnp.sum(grad[0] * df) + jnp.sum(grad[1] * dg)
             l0 = state.dual
 
