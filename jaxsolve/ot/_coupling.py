@@ -122,8 +122,9 @@ def coupling(
       Euclidean cost).
     - `method`: `"auto"` (default: `"exact"` for equal batches of at most 256, else
       `"entropic"`), `"exact"` (the optimal permutation by the auction algorithm, to within a
-      relative `1e-2/n` of the optimal cost; needs `n == m`) or `"entropic"` (Sinkhorn at `epsilon` × the mean cost, then one partner per
-      row of the plan: sampled with `key`, or the row's argmax without one).
+      relative `1e-2/n` of the optimal cost; needs `n == m`) or `"entropic"` (Sinkhorn at
+      `epsilon` × the mean cost, then one partner per row of the plan: sampled with `key`,
+      or the row's argmax without one).
     - `epsilon`: the relative entropic regularisation for `"entropic"`.
     - `key`: a PRNG key for `"entropic"` sampling (optional).
     - `return_indices`: also return the index array `σ` (`x1[σ]` is paired with `x0`).
