@@ -149,7 +149,7 @@ class SparseNewton(AbstractOTSolver):
     - `anneal_from`: the warm-up anneals epsilon from this × the mean cost (default 0.1).
     - `max_shift`: a Newton step moves no potential by more than this × epsilon (default 30):
       at small epsilon the Hessian is nearly singular along shifts of weakly coupled blocks.
-    - `floor`: the Hessian's diagonal is floored at this × the target marginal (default 0.1).
+    - `floor`: the Hessian's diagonal is floored at this × the target marginal (default 0).
 
     `sol.stats` has `num_steps` (all iterations), `sinkhorn_steps`, `newton_steps`, `cg_steps`.
 
@@ -173,10 +173,10 @@ class SparseNewton(AbstractOTSolver):
     warmup: int = eqx.field(static=True, default=20)
     k: int = eqx.field(static=True, default=32)
     cg_tol: float = eqx.field(static=True, default=1e-10)
-    cg_max_steps: int = eqx.field(static=True, default=200)
+    cg_max_steps: int = eqx.field(static=True, default=1000)
     max_backtracks: int = eqx.field(static=True, default=20)
     anneal_from: float | Array = 0.1
-    floor: float | Array = 0.1
+    floor: float | Array = 0.0
     max_shift: float | Array = 30.0
 
     def __check_init__(self):
