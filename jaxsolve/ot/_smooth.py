@@ -144,6 +144,19 @@ class SmoothOTOutput(eqx.Module):
     **Attributes:** `f`, `g` (dual potentials), `plan` (the n×m sparse plan, materialised),
     `transport_cost` (`<T, C>`), `reg_cost` (`<T, C> + (γ/2)‖T‖²`), `dual_cost` (the dual
     objective), `result`, `stats` (`num_steps`, `error`, `marginal_error`: L1 marginal error).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    C = jnp.array([[0.0, 2.0], [2.0, 0.0]])
+    out = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=0.1, tol=1e-10))
+    assert isinstance(out, js.ot.SmoothOTOutput)
+    assert abs(out.reg_cost - out.dual_cost) < 1e-8        # strong duality
+    assert abs(out.transport_cost) < 1e-8                   # the diagonal plan costs nothing
+    ```
     """
 
     f: Float[Array, " n"]
