@@ -57,7 +57,7 @@ def image(kind, side=28):
 
 def problems():
     out = []
-    sizes = [300] if SMALL else [500, 1000]
+    sizes = [300] if SMALL else [500]
     for n in sizes:
         x = jax.random.uniform(jax.random.PRNGKey(n), (n, 2))
         y = jax.random.uniform(jax.random.PRNGKey(n + 1), (n, 2))

@@ -120,7 +120,7 @@ def coupling(
 
     - `x0`: `(n, ...)` samples; `x1`: `(m, ...)` samples (flattened to vectors; squared
       Euclidean cost).
-    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 256, else
+    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 64, else
       `"entropic"`), `"exact"` (the optimal permutation by the auction algorithm, to within a
       relative `1e-2/n` of the optimal cost; needs `n == m`) or `"entropic"` (Sinkhorn at
       `epsilon` × the mean cost, then one partner per row of the plan: sampled with `key`,
@@ -160,7 +160,7 @@ def coupling(
     if method not in ("auto", "exact", "entropic"):
         raise ValueError(f"`method` must be 'auto', 'exact' or 'entropic'; got {method!r}.")
     if method == "auto":
-        method = "exact" if x0.shape[0] == x1.shape[0] and x0.shape[0] <= 256 else "entropic"
+        method = "exact" if x0.shape[0] == x1.shape[0] and x0.shape[0] <= 64 else "entropic"
     if method == "exact" and x0.shape[0] != x1.shape[0]:
         raise ValueError(
             "method='exact' pairs batches of equal size (a permutation); got "
