@@ -26,9 +26,10 @@ class Anderson(eqx.Module):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (60, 2))
-    geom = js.ot.PointCloud(x, x + 1.0, epsilon=0.01)
-    plain = js.ot.solve(geom, solver=js.ot.Sinkhorn(max_steps=100_000))
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
+    y = jax.random.normal(jax.random.PRNGKey(1), (40, 2)) + 1.0
+    geom = js.ot.PointCloud(x, y, epsilon=0.05)
+    plain = js.ot.solve(geom, solver=js.ot.Sinkhorn(acceleration=None, max_steps=100_000))
     fast = js.ot.solve(geom, solver=js.ot.Sinkhorn(acceleration=js.ot.Anderson()))
     assert fast.stats["num_steps"] < plain.stats["num_steps"]
     assert jnp.allclose(fast.plan, plain.plan, atol=1e-6)
@@ -74,9 +75,16 @@ class Anderson(eqx.Module):
         alpha = alpha / jnp.sum(alpha)
         v_new = alpha @ images
         ok = active & jnp.all(jnp.isfinite(v_new))
-        if limit is not None:  # keep kernel-mode scalings in range (else use the plain image)
-            ok = ok & (jnp.max(jnp.abs(v_new - center)) <= limit)
+        if limit is not None:  # keep scalings in range (else use the plain image)
+            ok = ok & (jnp.max(jnp.abs(v_new - Tv)) <= limit)
+            if center is not None:
+                ok = ok & (jnp.max(jnp.abs(v_new - center)) <= limit)
         v_new = jnp.where(ok, v_new, Tv)
         # Inactive: keep the history empty so it starts fresh at the target epsilon.
         count = jnp.where(active, count, 0)
         return v_new, (images, residuals, count)
+
+    def restart(self, hist, stalled):
+        """Empty the history when the error stopped decreasing (AA can stagnate)."""
+        images, residuals, count = hist
+        return images, residuals, jnp.where(stalled, 0, count)

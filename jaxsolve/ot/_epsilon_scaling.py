@@ -21,8 +21,9 @@ class EpsilonScaling(eqx.Module):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
-    geom = js.ot.PointCloud(x, x + 1.0, epsilon=1e-3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
+    y = jax.random.normal(jax.random.PRNGKey(1), (40, 2)) + 1.0
+    geom = js.ot.PointCloud(x, y, epsilon=0.05)
     solver = js.ot.Sinkhorn(epsilon_scaling=js.ot.EpsilonScaling(decay=0.5))
     sol = js.ot.solve(geom, solver=solver)
     assert sol.stats["marginal_error"] <= 1e-6

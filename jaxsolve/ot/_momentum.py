@@ -25,10 +25,13 @@ class Momentum(eqx.Module):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (60, 2))
-    geom = js.ot.PointCloud(x, x + 1.0, epsilon=0.01)
-    plain = js.ot.solve(geom, solver=js.ot.Sinkhorn(max_steps=100_000))
-    fast = js.ot.solve(geom, solver=js.ot.Sinkhorn(acceleration=js.ot.Momentum()))
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
+    y = jax.random.normal(jax.random.PRNGKey(1), (40, 2)) + 1.0
+    geom = js.ot.PointCloud(x, y, epsilon=0.5)
+    plain = js.ot.solve(geom, solver=js.ot.Sinkhorn(acceleration=None, epsilon_scaling=None))
+    fast = js.ot.solve(
+        geom, solver=js.ot.Sinkhorn(acceleration=js.ot.Momentum(omega=1.5), epsilon_scaling=None)
+    )
     assert fast.stats["num_steps"] < plain.stats["num_steps"]
     assert jnp.allclose(fast.plan, plain.plan, atol=1e-6)
     ```

@@ -57,8 +57,11 @@ class Sinkhorn(AbstractOTSolver):
     - `tol`: absolute tolerance on the L1 error of the marginals
       `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁` (for unbalanced problems, of the first-order conditions).
     - `max_steps`: the most sweeps.
-    - `epsilon_scaling`: `None` or `js.ot.EpsilonScaling(...)` (annealing).
-    - `acceleration`: `None` or `js.ot.Momentum(...)` (over-relaxation).
+    - `epsilon_scaling`: `js.ot.EpsilonScaling(decay=0.7)` (default: annealing from the
+      mean cost) or `None` (start at the target epsilon: plain Sinkhorn).
+    - `acceleration`: `js.ot.Anderson()` (default), `js.ot.Momentum(...)`
+      (over-relaxation) or `None` (plain sweeps). At small epsilon Anderson cuts the sweeps
+      by one to two orders of magnitude (e.g. 590 instead of ~18 000 at ε = 0.01, n = 1000).
     - `kernel`: use kernel mode with absorption on dense geometries (default `True`);
       `False` runs every sweep in the log domain. Geometries with `batch_size` always run in
       the log domain, block by block.
@@ -80,8 +83,8 @@ class Sinkhorn(AbstractOTSolver):
 
     tol: float | Array = 1e-6
     max_steps: int = eqx.field(static=True, default=10_000)
-    epsilon_scaling: EpsilonScaling | None = None
-    acceleration: Momentum | None = None
+    epsilon_scaling: EpsilonScaling | None = EpsilonScaling(decay=0.7)
+    acceleration: Momentum | Anderson | None = Anderson()
     kernel: bool = eqx.field(static=True, default=True)
     check_every: int = eqx.field(static=True, default=10)
 
@@ -138,7 +141,8 @@ class Sinkhorn(AbstractOTSolver):
             g_new = eps * problem.log_b - problem.tau_b * eps * geom.lse(fm / eps, eps, 0)
             g1 = jnp.where(problem.mask_b, (1 - omega) * g + omega * g_new, 0.0)
             if aa is not None:
-                g1, hist = aa.update(hist, g / eps, g1 / eps, active)
+                lim = _absorb_threshold(g.dtype)
+                g1, hist = aa.update(hist, g / eps, g1 / eps, active, None, lim)
                 g1 = g1 * eps
             return f1, g1, hist
 
@@ -251,6 +255,8 @@ class Sinkhorn(AbstractOTSolver):
         is_target = eps <= problem.epsilon
         at_target = state.at_target + is_target.astype(jnp.int32)
         rate = state.rate
+        if hist is not None:
+            hist = self._anderson().restart(hist, is_target & ~(err < 0.9 * state.err))
         if isinstance(self.acceleration, Momentum):
             new_omega, new_rate = self.acceleration.adapt(
                 omega, rate, err, state.err, at_target, self.check_every
