@@ -17,6 +17,7 @@ from ._costs import (
     PNorm as PNorm,
     SqEuclidean as SqEuclidean,
 )
+from ._coupling import coupling as coupling
 from ._divergence import sinkhorn_divergence as sinkhorn_divergence
 from ._epsilon_scaling import EpsilonScaling as EpsilonScaling
 from ._geometry import (
@@ -28,4 +29,11 @@ from ._momentum import Momentum as Momentum
 from ._output import OTSolution as OTSolution
 from ._problem import OTProblem as OTProblem, ot_optimality as ot_optimality
 from ._sinkhorn import Sinkhorn as Sinkhorn
+from ._smooth import (
+    QuadraticOT as QuadraticOT,
+    SmoothOTOutput as SmoothOTOutput,
+    SparsityConstrainedOT as SparsityConstrainedOT,
+    solve_smooth as solve_smooth,
+)
 from ._solve import solve as solve
+from ._sparse_newton import SparseNewton as SparseNewton

@@ -1,0 +1,155 @@
+"""Quadratically regularised and sparsity-constrained OT: against POT's `ot.smooth`, finite
+differences, closed forms, vmap and bad inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+from conftest import finite_difference
+from ot.smooth import SparsityConstrained, SquaredL2, dual_obj_grad
+
+import jaxsolve as js
+import jaxsolve.ot  # noqa: F401
+
+N, M = 24, 18
+
+
+def _problem(seed=0, n=N, m=M):
+    kx, ky, ka = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.normal(kx, (n, 2))
+    y = jax.random.normal(ky, (m, 2)) + 0.5
+    a = jax.random.uniform(ka, (n,), minval=0.5, maxval=1.5)
+    a = a / a.sum()
+    b = jnp.full((m,), 1.0 / m)
+    return x, y, a, b
+
+
+def _cost(x, y):
+    return jnp.sum((x[:, None] - y[None]) ** 2, -1)
+
+
+@jax.jit
+def _quad(C, a, b):
+    sol = js.ot.solve_smooth(C, a, b, solver=js.ot.QuadraticOT(gamma=0.3, tol=1e-11))
+    return sol.f, sol.g, sol.plan, sol.dual_cost, sol.reg_cost, sol.stats["marginal_error"]
+
+
+@jax.jit
+def _sparse(C, a, b):
+    sol = js.ot.solve_smooth(C, a, b, solver=js.ot.SparsityConstrainedOT(gamma=0.3, k=3))
+    return sol.plan, sol.dual_cost, sol.stats["marginal_error"]
+
+
+def _pot_objective(C, a, b, reg, max_nz=None):
+    C, a, b = (np.asarray(t) for t in (C, a, b))
+    reg_type = "l2" if max_nz is None else "sparsity_constrained"
+    _, log = ot.smooth.smooth_ot_dual(
+        a, b, C, reg, reg_type=reg_type, max_nz=max_nz, log=True, stopThr=1e-12, numItermax=5000
+    )
+    regul = SquaredL2(gamma=reg) if max_nz is None else SparsityConstrained(max_nz, gamma=reg)
+    return dual_obj_grad(log["alpha"], log["beta"], a, b, C, regul)[0]
+
+
+def test_quadratic_matches_pot_and_strong_duality():
+    x, y, a, b = _problem()
+    C = _cost(x, y)
+    f, g, plan, dual, primal, err = _quad(C, a, b)
+    pot = _pot_objective(C, a, b, 0.3)
+    assert abs(float(dual) - pot) <= 1e-6 * abs(pot)
+    assert abs(float(primal) - float(dual)) <= 1e-8 * abs(pot)  # strong duality
+    assert float(err) < 1e-9
+    np.testing.assert_allclose(plan.sum(1), a, atol=1e-10)
+    np.testing.assert_allclose(plan.sum(0), b, atol=1e-10)
+    assert float(jnp.min(plan)) >= 0.0
+    # T_ij = max(f_i + g_j − C_ij, 0)/γ is sparse.
+    assert int(jnp.sum(plan > 0)) < N * M // 2
+
+
+def test_sparsity_constrained_counts_nonzeros_and_matches_pot():
+    x, y, a, b = _problem(1)
+    C = _cost(x, y)
+    plan, dual, err = _sparse(C, a, b)
+    per_column = np.asarray(jnp.sum(plan > 0, axis=0))
+    assert per_column.max() <= 3 and per_column.min() >= 1
+    pot = _pot_objective(C, a, b, 0.3, max_nz=3)
+    # We maximise the same dual: at least as high as POT's and within 1e-6 relative.
+    assert float(dual) >= pot - 1e-9 * abs(pot)
+    assert abs(float(dual) - pot) <= 1e-6 * abs(pot)
+    assert float(err) < 0.05
+
+
+def test_small_gamma_gives_assignment():
+    # A permutation is the unique optimum; small γ recovers it exactly.
+    x = jnp.linspace(0.0, 1.0, 6)[:, None]
+    y = x[::-1] + 0.05
+    C = _cost(x, y)
+    sol = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=1e-3, tol=1e-12))
+    np.testing.assert_allclose(sol.plan, jnp.eye(6)[::-1] / 6, atol=1e-9)
+
+
+def test_gradient_wrt_cost_and_points_finite_differences():
+    x, y, a, b = _problem(2, 8, 7)
+
+    def loss_x(x):
+        return _quad(_cost(x, y), a, b)[4]  # reg_cost
+
+    def tcost_C(C):
+        return jnp.sum(_quad(C, a, b)[2] * C)  # transport cost through the plan
+
+    g = jax.grad(loss_x)(x)
+    fd = finite_difference(loss_x, x, eps=1e-4)  # solver noise ~1e-11 / eps
+    np.testing.assert_allclose(g, fd, atol=1e-6, rtol=1e-5)
+    C = _cost(x, y)
+    gC = jax.grad(tcost_C)(C)
+    fdC = finite_difference(tcost_C, C, eps=1e-4)
+    np.testing.assert_allclose(gC, fdC, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_wrt_gamma_envelope():
+    # d/dγ of the optimal value of <T,C> + γ/2‖T‖² is ½‖T*‖² (envelope theorem).
+    x, y, a, b = _problem(3, 10, 9)
+    C = _cost(x, y)
+
+    def value(gamma):
+        return js.ot.solve_smooth(
+            C, a, b, solver=js.ot.QuadraticOT(gamma=gamma, tol=1e-11)
+        ).reg_cost
+
+    plan = js.ot.solve_smooth(C, a, b, solver=js.ot.QuadraticOT(gamma=0.3, tol=1e-11)).plan
+    assert abs(float(jax.grad(value)(0.3)) - 0.5 * float(jnp.sum(plan**2))) < 1e-7
+
+
+def test_vmap_equals_loop():
+    probs = [_problem(s) for s in range(3)]
+    Cs = jnp.stack([_cost(x, y) for x, y, _, _ in probs])
+    As = jnp.stack([p[2] for p in probs])
+    Bs = jnp.stack([p[3] for p in probs])
+    batched = jax.vmap(_quad)(Cs, As, Bs)
+    for i in range(3):
+        single = _quad(Cs[i], As[i], Bs[i])
+        np.testing.assert_allclose(batched[2][i], single[2], atol=1e-9)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="gamma"):
+        js.ot.QuadraticOT(gamma=0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        js.ot.SparsityConstrainedOT(gamma=-1.0, k=2)
+    with pytest.raises(ValueError, match="k"):
+        js.ot.SparsityConstrainedOT(gamma=1.0, k=0)
+    with pytest.raises(TypeError, match="k"):
+        js.ot.SparsityConstrainedOT(gamma=1.0, k=2.5)
+    C = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match="shape"):
+        js.ot.solve_smooth(C, jnp.ones(4) / 4)
+    with pytest.raises(ValueError, match="cost matrix"):
+        js.ot.solve_smooth(jnp.ones(3))
+    with pytest.raises(TypeError, match="solver"):
+        js.ot.solve_smooth(C, solver="quadratic")
+    sol = js.ot.solve_smooth(C, jnp.array([0.5, 0.7, -0.2]), throw=False)
+    assert sol.result == js.RESULTS.invalid_input
+    sol = js.ot.solve_smooth(C, jnp.array([0.5, 0.7, 0.2]), throw=False)  # mass 1.4 vs 1
+    assert sol.result == js.RESULTS.invalid_input
+    with pytest.raises(Exception, match="invalid"):
+        js.ot.solve_smooth(C, jnp.array([0.5, 0.7, -0.2]))
