@@ -153,3 +153,20 @@ def test_bad_inputs():
     assert sol.result == js.RESULTS.invalid_input
     with pytest.raises(Exception, match="invalid"):
         js.ot.solve_smooth(C, jnp.array([0.5, 0.7, -0.2]))
+
+
+def test_float32_plan_and_gradient_match_float64():
+    # Defaults adapt to the dtype (solve and adjoint tolerances float32 can reach).
+    x = jax.random.normal(jax.random.PRNGKey(0), (30, 2))
+    y = jax.random.normal(jax.random.PRNGKey(1), (30, 2)) + 1
+    C = jnp.sum((x[:, None] - y[None]) ** 2, -1)
+    cost = lambda C, g: js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=g)).transport_cost
+    C32 = C.astype(jnp.float32)
+    out32 = js.ot.solve_smooth(C32, solver=js.ot.QuadraticOT(gamma=jnp.float32(1.0)))
+    out64 = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=1.0))
+    assert out32.plan.dtype == jnp.float32
+    assert jnp.allclose(out32.plan, out64.plan, atol=1e-5)
+    g32 = jax.grad(cost)(C32, jnp.float32(1.0))
+    g64 = jax.grad(cost)(C, 1.0)
+    assert g32.dtype == jnp.float32
+    assert jnp.allclose(g32, g64, atol=1e-4 * jnp.abs(g64).max())
