@@ -2,8 +2,8 @@
 solutions (`js.linear.dcdm_loss`) on 32×32 Poisson grids, used as the search direction of
 `js.linear.FlexibleCG`, and evaluated on held-out right-hand sides on grids 2–8× larger
 (64×64 to 256×256), against CG and Jacobi-PCG. Then a Darcy problem `−∇·(a∇u) = b` with a
-random log-normal coefficient, where Jacobi helps: the Poisson-trained network is reused through symmetric
-diagonal scaling, `d = D^{-1/2} net(D^{-1/2} r)`, with no retraining.
+random log-normal coefficient, where Jacobi helps: the Poisson-trained network is reused
+through symmetric diagonal scaling, `d = D^{-1/2} net(D^{-1/2} r)`, with no retraining.
 
 Counts iterations to relative residual 1e-6 (medians over held-out right-hand sides), and
 times whole solves (median of repeats after compilation). float64.
