@@ -88,41 +88,36 @@ NET = js.linear.GridUNet(jax.random.PRNGKey(0), width=4, levels=2)
 
 @pytest.fixture(scope="module")
 def trained():
-    net, losses = js.linear.train_dcdm(NET, _sample, optax.adam(1e-2), 150, jax.random.PRNGKey(1))
+    net, losses = js.linear.train_dcdm(NET, _sample, optax.adam(1e-2), 100, jax.random.PRNGKey(1))
     return net, losses
 
 
 def test_training_decreases_loss(trained):
     net, losses = trained
-    assert losses.shape == (150,) and bool(jnp.all(jnp.isfinite(losses)))
+    assert losses.shape == (100,) and bool(jnp.all(jnp.isfinite(losses)))
     _, batch = _sample(jax.random.PRNGKey(99))  # held-out right-hand sides
-    before = js.linear.dcdm_loss(NET, A, batch)
-    after = js.linear.dcdm_loss(net, A, batch)
+    loss = eqx.filter_jit(js.linear.dcdm_loss)
+    before, after = loss(NET, A, batch), loss(net, A, batch)
     assert after < 0.5 * before
 
 
 def test_trained_solver_matches_dense(trained):
+    # Trained on 8×8; solved on a held-out 16×16 grid with a held-out right-hand side.
     net, _ = trained
-    b = _rhs(4)
-    x, steps, result = _solve(A, b, js.linear.FlexibleCG(net, tol=1e-10))
+    big = js.linear.Stencil5.poisson((16, 16))
+    b = jax.random.normal(jax.random.PRNGKey(5), (16, 16))
+    x, steps, result = _solve(big, b, js.linear.FlexibleCG(net, tol=1e-10))
     assert result == js.RESULTS.successful
     np.testing.assert_allclose(
-        x, jnp.linalg.solve(A.as_matrix(), b.ravel()).reshape(SHAPE), atol=1e-8
+        x, jnp.linalg.solve(big.as_matrix(), b.ravel()).reshape(16, 16), atol=1e-8
     )
-    _, n_cg, _ = _solve(A, b, js.linear.CG(tol=1e-10))
+    _, n_cg, _ = _solve(big, b, js.linear.CG(tol=1e-10))
     assert int(steps) < int(n_cg)
-    # a larger held-out grid, same network: still the right answer
-    big = js.linear.Stencil5.poisson((16, 16))
-    b16 = jax.random.normal(jax.random.PRNGKey(5), (16, 16))
-    x16, _, res16 = _solve(big, b16, js.linear.FlexibleCG(net, tol=1e-10))
-    assert res16 == js.RESULTS.successful
-    np.testing.assert_allclose(
-        x16, jnp.linalg.solve(big.as_matrix(), b16.ravel()).reshape(16, 16), atol=1e-8
-    )
 
 
-def test_gradient_through_flexible_cg(trained):
-    net, _ = trained
+def test_gradient_through_flexible_cg():
+    # The adjoint solve reuses FlexibleCG; a cheap nonlinear direction keeps compilation short.
+    direction = lambda r: r * (1 + 0.1 * jnp.tanh(r))  # noqa: E731
     b = _rhs(6)
 
     def loss(s, solver):
@@ -132,7 +127,7 @@ def test_gradient_through_flexible_cg(trained):
     ref = jax.grad(
         lambda s: jnp.sum(jnp.linalg.solve(A.as_matrix() + s * jnp.eye(64), b.ravel()) ** 2)
     )
-    g = jax.grad(loss)(0.3, js.linear.FlexibleCG(net, tol=1e-10))
+    g = jax.grad(loss)(0.3, js.linear.FlexibleCG(direction, tol=1e-10))
     np.testing.assert_allclose(g, ref(0.3), rtol=1e-6)
 
 
