@@ -1,5 +1,5 @@
-"""Linear systems: differentiable Krylov and relaxation solvers, and solvers that learn over
-sequences of related systems."""
+"""Linear systems: differentiable Krylov and relaxation solvers, solvers that learn over
+sequences of related systems, and learned search directions (DCDM)."""
 
 from ._bandit import BanditState as BanditState, RelaxationBandit as RelaxationBandit
 from ._cg import CG as CG

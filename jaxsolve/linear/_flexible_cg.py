@@ -90,6 +90,11 @@ class FlexibleCG(lx.AbstractLinearSolver):
     `‖b − Ax‖/‖b‖ ≤ tol`; `pᵀAp ≤ 0` or a non-finite direction stops it with
     `RESULTS.breakdown`.
 
+    Each step reduces the A-norm of the error (the line search is exact), but only a good
+    direction map makes it fast: with an untrained network convergence can be far slower than
+    CG (it then ends with `RESULTS.max_steps_reached`). Train it first (`js.linear.train_dcdm`)
+    and compare with `direction=None` on your problem.
+
     **Arguments:**
 
     - `direction`: `None`, a callable `r -> d` (e.g. a trained `js.linear.GridUNet`; its
