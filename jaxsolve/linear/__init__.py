@@ -1,8 +1,15 @@
-"""Linear systems: differentiable Krylov and relaxation solvers, and solvers that learn over
-sequences of related systems."""
+"""Linear systems: differentiable Krylov and relaxation solvers, solvers that learn over
+sequences of related systems, and learned search directions (DCDM)."""
 
 from ._bandit import BanditState as BanditState, RelaxationBandit as RelaxationBandit
 from ._cg import CG as CG
+from ._dcdm import (
+    dcdm_loss as dcdm_loss,
+    low_frequency_rhs as low_frequency_rhs,
+    train_dcdm as train_dcdm,
+)
+from ._flexible_cg import FlexibleCG as FlexibleCG
+from ._grid_net import GridUNet as GridUNet
 from ._krylov import GMRES as GMRES, BiCGStab as BiCGStab
 from ._preconditioners import (
     AbstractPreconditioner as AbstractPreconditioner,

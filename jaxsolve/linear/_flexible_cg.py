@@ -1,0 +1,158 @@
+"""Flexible conjugate directions: any (even nonlinear) map of the residual gives the next
+direction, A-orthogonalised against the last few directions (the iteration of DCDM)."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Scalar
+
+from .._checks import check_max_steps, check_tol
+from .._solution import RESULTS
+from ._common import LinearIteration, check_square, dot, run_iteration
+from ._preconditioners import AbstractPreconditioner, as_preconditioner
+
+
+class _FCGState(eqx.Module):
+    r: Array
+    p: Array  # (k, *shape): the last k directions (zeros where unused)
+    ap: Array  # (k, *shape): A times them
+    pap: Array  # (k,): pᵀAp of each (zero where unused)
+    slot: Array  # where the next direction goes
+    res_norm: Scalar
+    num_matvecs: Array
+
+
+class _FCGIteration(LinearIteration):
+    direction: Any  # r -> direction, or None (the residual itself)
+    num_orth: int = eqx.field(static=True)
+
+    def init(self, fn, y, args):
+        b, _ = args
+        r = b - fn.mv(y)
+        k = self.num_orth
+        zeros = jnp.zeros((k, *r.shape), r.dtype)
+        return _FCGState(
+            r,
+            zeros,
+            zeros,
+            jnp.zeros((k,), r.dtype),
+            jnp.array(0, jnp.int32),
+            jnp.sqrt(dot(r, r)),
+            jnp.array(1, jnp.int32),
+        )
+
+    def step(self, fn, y, args, state):
+        r = state.r
+        # The direction only matters up to scale: feed the map a unit residual, so that a
+        # network sees inputs of the size it was trained on.
+        rn = r / jnp.where(state.res_norm > 0, state.res_norm, 1)
+        z = rn if self.direction is None else self.direction(rn)
+        z = jnp.asarray(z, r.dtype).reshape(r.shape)
+        # A-orthogonalise against the stored directions (unused slots have pAp = 0).
+        used = state.pap > 0
+        coef = jax.vmap(lambda ap: dot(z, ap))(state.ap) / jnp.where(used, state.pap, 1)
+        coef = jnp.where(used, coef, 0)
+        p = z - jnp.tensordot(coef, state.p, axes=1)
+        ap = fn.mv(p)
+        pap = dot(p, ap)
+        ok = (pap > 0) & jnp.isfinite(pap)
+        alpha = jnp.where(ok, dot(p, r) / jnp.where(ok, pap, 1), 0)
+        y = y + alpha * p
+        r = r - alpha * ap
+        slot = state.slot
+        new = _FCGState(
+            r,
+            state.p.at[slot].set(p),
+            state.ap.at[slot].set(ap),
+            state.pap.at[slot].set(jnp.where(ok, pap, 0)),
+            (slot + 1) % self.num_orth,
+            jnp.where(ok, jnp.sqrt(dot(r, r)), state.res_norm),
+            state.num_matvecs + 1,
+        )
+        result = RESULTS.where(ok, RESULTS.successful, RESULTS.breakdown)
+        return y, new, result
+
+
+class FlexibleCG(lx.AbstractLinearSolver):
+    """Flexible conjugate directions for symmetric positive definite `A`, with the search
+    direction produced by any map of the residual — a preconditioner, or a trained network
+    (the Deep Conjugate Direction Method, Kaneda et al., ICML 2023).
+
+    Each step computes `z = direction(r/‖r‖)`, A-orthogonalises it against the last
+    `num_orth` directions (`p = z − Σ_j (zᵀA p_j / p_jᵀA p_j) p_j`), and takes the exact line
+    search step `α = pᵀr / pᵀAp` along it: one matvec per step. The map may be nonlinear and
+    need not be symmetric (this is why the method is *flexible*); it only has to give
+    directions of descent. With `direction=None` (the residual itself) and `num_orth ≥ 1` it is
+    CG; with `direction = A⁻¹` it converges in one step. Stops at relative residual
+    `‖b − Ax‖/‖b‖ ≤ tol`; `pᵀAp ≤ 0` or a non-finite direction stops it with
+    `RESULTS.breakdown`.
+
+    Each step reduces the A-norm of the error (the line search is exact), but only a good
+    direction map makes it fast: with an untrained network convergence can be far slower than
+    CG (it then ends with `RESULTS.max_steps_reached`). Train it first (`js.linear.train_dcdm`)
+    and compare with `direction=None` on your problem.
+
+    **Arguments:**
+
+    - `direction`: `None`, a callable `r -> d` (e.g. a trained `js.linear.GridUNet`; its
+      arrays are leaves of the solver, so a new network of the same structure does not
+      recompile), a lineax operator, or a preconditioner object such as
+      `js.linear.JacobiPreconditioner()`.
+    - `tol`, `max_steps`: relative-residual tolerance and iteration limit.
+    - `num_orth`: how many previous directions to orthogonalise against (DCDM uses 2).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    A = js.linear.Stencil5.poisson((8, 8))
+    b = jnp.ones((8, 8))
+    inv = jnp.linalg.inv(A.as_matrix())
+    exact = js.linear.FlexibleCG(direction=lambda r: (inv @ r.ravel()).reshape(r.shape))
+    sol = js.linear.solve(A, b, solver=exact)
+    assert sol.stats["num_steps"] == 1
+    cg = js.linear.solve(A, b, solver=js.linear.FlexibleCG(tol=1e-8))
+    assert jnp.allclose(cg.value, sol.value, atol=1e-6)
+    ```
+    """
+
+    direction: AbstractPreconditioner | None = eqx.field(default=None, converter=as_preconditioner)
+    tol: float | Array = 1e-6
+    max_steps: int = eqx.field(static=True, default=10_000)
+    num_orth: int = eqx.field(static=True, default=2)
+
+    def __check_init__(self):
+        check_tol(self.tol)
+        check_max_steps(self.max_steps)
+        if not isinstance(self.num_orth, int) or self.num_orth < 1:
+            raise ValueError(
+                "FlexibleCG needs `num_orth` ≥ 1 (the number of previous directions to "
+                f"A-orthogonalise against; DCDM uses 2); got {self.num_orth!r}."
+            )
+
+    def init(self, operator, options):
+        check_square(operator, "FlexibleCG")
+        d = None if self.direction is None else self.direction.build(operator)
+        return operator, d
+
+    def compute(self, state, vector, options):
+        operator, d = state
+        return run_iteration(
+            _FCGIteration(d, self.num_orth), operator, vector, options, self.tol, self.max_steps
+        )
+
+    def transpose(self, state, options):
+        # For the adjoint solve: Aᵀ = A, and the direction map needs no symmetry here.
+        return state, options
+
+    def conj(self, state, options):
+        operator, d = state
+        return (lx.conj(operator), d), options
+
+    def assume_full_rank(self):
+        return True
