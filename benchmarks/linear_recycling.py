@@ -79,7 +79,10 @@ NAMES = [
 
 def table(title, mvs, res, ok):
     print(f"\n{title}\n")
-    print("| method | total matvecs | matvecs per system (last 50 %) | CG / method | max rel. residual |")
+    print(
+        "| method | total matvecs | matvecs per system (last 50 %) | CG / method "
+        "| max rel. residual |"
+    )
     print("|---|---|---|---|---|")
     tot = mvs.sum(0)
     half = mvs.shape[0] // 2

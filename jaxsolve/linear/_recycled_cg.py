@@ -216,9 +216,7 @@ class RecycledCG(eqx.Module):
         any_valid = jnp.any(space.valid)
 
         def harvest(_):
-            AW = jax.lax.cond(
-                any_valid, lambda W: jax.vmap(mv)(W), jnp.zeros_like, space.W
-            )
+            AW = jax.lax.cond(any_valid, lambda W: jax.vmap(mv)(W), jnp.zeros_like, space.W)
             Z = jnp.concatenate([space.W, state.P])
             AZ = jnp.concatenate([AW, state.AP])
             W, th, valid = _rayleigh_ritz(Z, AZ, k)
