@@ -218,7 +218,7 @@ def _recycled_sequence(cs, bs):
 
 
 def test_recycled_cg_solutions_and_matvecs_on_a_sequence():
-    n, T = 24, 20
+    n, T = 16, 20
     cs = 0.05 * jax.random.uniform(jax.random.PRNGKey(7), (T,))
     cs = cs[js.linear.order_by_similarity(cs)]
     # Fixed source (only the operator changes): all matvecs counted, including the k per
