@@ -16,6 +16,7 @@ from ._preconditioners import (
     JacobiPreconditioner as JacobiPreconditioner,
     SSORPreconditioner as SSORPreconditioner,
 )
+from ._recycled_cg import RecycledCG as RecycledCG, RitzSpace as RitzSpace
 from ._recycling import (
     GCRODR as GCRODR,
     RecycleSpace as RecycleSpace,

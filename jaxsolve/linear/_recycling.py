@@ -61,6 +61,7 @@ class _GCRODRIteration(LinearIteration):
     mv: object
     m: int = eqx.field(static=True)
     k: int = eqx.field(static=True)
+    tol: float | Array = 1e-6
 
     def init(self, fn, y, args):
         raise NotImplementedError  # built by GCRODR.solve
@@ -74,8 +75,11 @@ class _GCRODRIteration(LinearIteration):
         H = jnp.zeros((m + 1, m), dtype)
         B = jnp.zeros((k, m), dtype)
 
-        def arnoldi(j, carry):
-            V, H, B = carry
+        target = self.tol * args[1]
+        e1 = jnp.zeros(m + 1, dtype).at[0].set(beta)
+
+        def arnoldi(carry):
+            j, V, H, B, _ = carry
             w = self.mv(V[j])
             bj = s.C @ w
             w = w - s.C.T @ bj
@@ -91,10 +95,18 @@ class _GCRODRIteration(LinearIteration):
             V = V.at[j + 1].set(w / jnp.where(hn > 0, hn, 1))
             H = H.at[:, j].set(h.at[j + 1].set(hn))
             B = B.at[:, j].set(bj + bj2)
-            return V, H, B
+            # The least-squares residual is the GMRES residual norm: stop the cycle early
+            # once it meets the tolerance (unused columns of H are zero).
+            z = jnp.linalg.lstsq(H, e1)[0]
+            res = jnp.sqrt(jnp.sum((e1 - H @ z) ** 2))
+            return j + 1, V, H, B, res
 
-        V, H, B = jax.lax.fori_loop(0, m, arnoldi, (V, H, B))
-        e1 = jnp.zeros(m + 1, dtype).at[0].set(beta)
+        def more(carry):
+            j, *_, res = carry
+            return (j < m) & (res > target)
+
+        init = (jnp.array(0), V, H, B, beta)
+        used, V, H, B, _ = jax.lax.while_loop(more, arnoldi, init)
         z = jnp.linalg.lstsq(H, e1)[0]
         y = y + V[:m].T @ z - s.U.T @ (B @ z)
         r = V.T @ (e1 - H @ z)
@@ -123,7 +135,7 @@ class _GCRODRIteration(LinearIteration):
             jnp.where(ok, C, s.C),
             s.valid | ok,
             res_norm,
-            s.num_matvecs + m,
+            s.num_matvecs + used.astype(s.num_matvecs.dtype),
         )
         return y, new, RESULTS.successful
 
@@ -137,7 +149,8 @@ class GCRODR(eqx.Module):
 
     Pure: `space = gcrodr.init(b)` then `sol, space = gcrodr.solve(A, b, space)` for each
     system, in a Python loop or `lax.scan`. For each new `A` the `k` recycled vectors cost `k`
-    matvecs (to re-orthonormalise `A U`); a cycle costs `m`. `sol.stats` has `num_steps`
+    matvecs (to re-orthonormalise `A U`); a cycle costs at most `m` (it stops as soon as the
+    Arnoldi least-squares residual meets `tol`). `sol.stats` has `num_steps`
     (cycles), `num_matvecs` and `error` (`‖b − Ax‖/‖b‖`). Derivatives are not provided here
     (use `js.linear.solve` for a differentiable solve); order similar systems next to each
     other with `js.linear.order_by_similarity`.
@@ -216,7 +229,7 @@ class GCRODR(eqx.Module):
         r = r - C.T @ cr
         k_mv = jnp.where(space.valid, self.recycle, 0).astype(jnp.int32)
         state = _GCRODRState(r, U, C, space.valid, jnp.sqrt(jnp.sum(r * r)), 1 + k_mv)
-        iteration = _GCRODRIteration(mv, self.restart, self.recycle)
+        iteration = _GCRODRIteration(mv, self.restart, self.recycle, self.tol)
         args = (bf, safe_norm_b(bf))
 
         # iterate() calls iteration.init; hand it the prepared state instead.
