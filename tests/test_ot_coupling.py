@@ -68,3 +68,24 @@ def test_bad_inputs():
         js.ot.coupling(x0, x1, method="entropic", epsilon=0.0)
     with pytest.raises(ValueError, match="batches"):
         js.ot.coupling(jnp.ones(3), jnp.ones(3))
+
+
+def test_exact_clustered_and_ties():
+    # Clustered data (many near-ties in the cost) and exact duplicates among the targets.
+    x0, _ = _batches(40, 3, seed=7)
+    x1 = jnp.concatenate([x0[:20] + 0.3, x0[:20] + 0.3])  # every target twice
+    _, _, sigma = js.ot.coupling(x0, x1, method="exact", return_indices=True)
+    C = _cost(x0, x1)
+    r, c = linear_sum_assignment(C)
+    sigma = np.asarray(sigma)
+    assert sorted(sigma.tolist()) == list(range(40))
+    assert C[np.arange(40), sigma].sum() <= C[r, c].sum() + 1e-2 * C.mean()
+
+
+def test_auction_out_of_rounds_is_still_a_permutation():
+    from jaxsolve.ot._coupling import _auction
+
+    C = jnp.asarray(_cost(*_batches(24, 2, seed=5)))
+    sigma, _, rounds = _auction(-C, jnp.zeros(24), C.mean() / 4, 1e-4, 10.0, 3)
+    assert int(rounds) <= 3 + 24
+    assert sorted(np.asarray(sigma).tolist()) == list(range(24))
