@@ -26,7 +26,7 @@ from ._solve import solve
 
 _SPARSE_BIDDERS = 16
 _WARM_EPSILON = 0.01
-_AUTO_EXACT_MAX = 256
+_AUTO_EXACT_MAX = 128
 
 
 def _sq_dists(x, y):
@@ -162,7 +162,7 @@ def coupling(
 
     - `x0`: `(n, ...)` samples; `x1`: `(m, ...)` samples (flattened to vectors; squared
       Euclidean cost).
-    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 256, else
+    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 128, else
       `"entropic"`), `"exact"` (the optimal permutation by the auction algorithm, to within a
       relative `1e-2/n` of the optimal cost; needs `n == m`) or `"entropic"` (Sinkhorn at
       `epsilon` × the mean cost, then one partner per row of the plan: sampled with `key`,
