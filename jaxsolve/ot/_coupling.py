@@ -5,9 +5,13 @@ minibatches instead of independently: the learned flow is straighter, its traini
 lower variance, and sampling needs fewer function evaluations.
 
 `exact`: the optimal assignment (a permutation) by Bertsekas' auction algorithm with
-epsilon-scaling, all in JAX (Jacobi bidding: every unassigned row bids at once, O(n²) per
-round). The assignment is optimal to within `n · ε_final` of the cost, with `ε_final` far below
-the cost scale. `entropic`: Sinkhorn (`js.ot.solve`) at a small relative epsilon, then one
+epsilon-scaling, all in JAX, warm-started from the dual potential of a Sinkhorn solve at
+ε = 0.01 × mean cost (its prices are nearly complementary-slack, so the auction only settles
+the remaining conflicts). Bidding is Jacobi (every unassigned row at once, O(n²) a round)
+while more than 16 rows are unassigned and only over those rows (O(16·n) a round) after; a
+row keeps its object across phases while it stays ε-complementary-slack. The assignment is
+optimal to within `n · ε_final = 1e-2 × mean cost` of the total cost, i.e. a relative
+`1e-2 / n`. `entropic`: Sinkhorn (`js.ot.solve`) at a small relative epsilon, then one
 partner per row drawn from the plan's row (or its argmax without a key).
 """
 
@@ -20,6 +24,10 @@ from ._geometry import PointCloud
 from ._sinkhorn import Sinkhorn
 from ._solve import solve
 
+_SPARSE_BIDDERS = 16
+_WARM_EPSILON = 0.01
+_AUTO_EXACT_MAX = 128
+
 
 def _sq_dists(x, y):
     x2 = jnp.sum(x * x, axis=1)
@@ -27,78 +35,112 @@ def _sq_dists(x, y):
     return jnp.maximum(x2[:, None] + y2[None, :] - 2.0 * x @ y.T, 0.0)
 
 
-def auction_assignment(
-    cost: Array, *, eps_final: float = 1e-2, scaling: float = 10.0, max_rounds: int = 100_000
-) -> Array:
-    """The assignment `σ` minimising `Σ_i C[i, σ(i)]` (square `C`), by the auction algorithm.
+def _auction(benefit, prices, eps_start, eps_lo, scaling, max_rounds):
+    """Jacobi auction with epsilon-scaling from `prices` (maximises Σ benefit[i, σ(i)]).
 
-    Jacobi auction with epsilon-scaling: prices are kept across phases, the assignment is
-    reset; the final phase uses `eps_final × mean|C| / n`, so the cost is within
-    `eps_final × mean|C|` of the optimum (exact when the optimum is unique by more than that).
-    Returns `σ` as an int array (row `i` is matched to column `σ[i]`).
+    Between phases, a person keeps its object when the pair still satisfies the new phase's
+    ε-complementary slackness (Bertsekas' warm restart), so later phases only settle the few
+    conflicts the smaller ε exposes. Returns `(σ, prices, rounds)`.
     """
-    n = cost.shape[0]
-    dtype = cost.dtype
-    benefit = -jax.lax.stop_gradient(cost)
-    scale = jnp.maximum(jnp.mean(jnp.abs(benefit)), jnp.finfo(dtype).tiny)
-    eps_lo = eps_final * scale / n
-    eps_hi = jnp.maximum(scale / 4.0, eps_lo)
-    iota_j = jnp.arange(n)
+    n = benefit.shape[0]
+    dtype = benefit.dtype
     big = jnp.finfo(dtype).max
+    iota = jnp.arange(n)
+
+    def bid_round(persons, s):
+        # `persons`: the rows that may bid this round (index n = padding).
+        prices, assigned, owner, eps, r = s
+        p = jnp.minimum(persons, n - 1)
+        bidding = (persons < n) & (assigned[p] < 0)
+        values = benefit[p] - prices[None, :]
+        w1 = jnp.max(values, axis=1)
+        j1 = jnp.argmax(values, axis=1)
+        w2 = jnp.max(jnp.where(iota[None, :] == j1[:, None], -big, values), axis=1)
+        bids = jnp.where(bidding, prices[j1] + (w1 - w2) + eps, -big)
+        best_bid = jnp.full((n,), -big, dtype).at[j1].max(bids)
+        won = bidding & (bids >= best_bid[j1])
+        # Ties: the lowest-index bidder wins.
+        winner = jnp.full((n,), n).at[j1].min(jnp.where(won, p, n))
+        got = winner < n
+        lost = (
+            jnp.zeros((n,), bool).at[jnp.where(got & (owner >= 0), owner, n)].set(True, mode="drop")
+        )
+        assigned = jnp.where(lost, -1, assigned)
+        is_winner = won & (winner[j1] == p)
+        assigned = assigned.at[jnp.where(is_winner, p, n)].set(j1, mode="drop")
+        owner = jnp.where(got, winner, owner)
+        prices = jnp.where(got, best_bid, prices)
+        return prices, assigned, owner, eps, r + 1
+
+    k = min(n, _SPARSE_BIDDERS)
+
+    def any_round(s):
+        # All unassigned rows bid at once (O(n²)) while many are unassigned; late in a
+        # phase only a few are, and a round over just those costs O(k·n).
+        few = jnp.sum(s[1] < 0) <= k
+        sparse = lambda s: bid_round(jnp.nonzero(s[1] < 0, size=k, fill_value=n)[0], s)
+        return jax.lax.cond(few, sparse, lambda s: bid_round(iota, s), s)
 
     def phase_cond(c):
-        _, eps, _, rounds = c
-        return (eps > eps_lo * (1 + 1e-9)) | (rounds == 0)
+        _, _, eps, rounds, phase = c
+        return ((eps > eps_lo * (1 + 1e-6)) | (phase == 0)) & (rounds < max_rounds)
 
     def phase_body(c):
-        prices, eps, _, rounds = c
-        eps = jnp.maximum(eps / scaling, eps_lo)
-        eps = jnp.where(rounds == 0, eps_hi, eps)
-        owner = jnp.full((n,), -1)  # object j -> person
-        assigned = jnp.full((n,), -1)  # person i -> object
+        prices, assigned, eps, rounds, phase = c
+        eps = jnp.where(phase == 0, eps, jnp.maximum(eps / scaling, eps_lo))
+        # Keep the pairs that satisfy eps-CS at the new eps.
+        values = benefit - prices[None, :]
+        w1 = jnp.max(values, axis=1)
+        mine = jnp.take_along_axis(values, jnp.maximum(assigned, 0)[:, None], axis=1)[:, 0]
+        assigned = jnp.where((assigned >= 0) & (mine >= w1 - eps), assigned, -1)
+        # Phase 0: every row takes its best object under the starting prices (0-CS) unless
+        # another row with a smaller index wants it too.
+        j1 = jnp.argmax(values, axis=1)
+        first = jnp.full((n,), n).at[j1].min(iota)
+        assigned = jnp.where((phase == 0) & (first[j1] == iota), j1, assigned)
+        owner = jnp.full((n,), -1).at[jnp.where(assigned >= 0, assigned, n)].set(iota, mode="drop")
 
         def cond(s):
-            _, assigned, _, r = s
-            return jnp.any(assigned < 0) & (r < max_rounds)
+            return jnp.any(s[1] < 0) & (rounds + s[4] < max_rounds)
 
-        def body(s):
-            prices, assigned, owner, r = s
-            values = benefit - prices[None, :]
-            w1 = jnp.max(values, axis=1)
-            j1 = jnp.max(jnp.where(values >= w1[:, None], iota_j[None, :], -1), axis=1)
-            w2 = jnp.max(jnp.where(iota_j[None, :] == j1[:, None], -big, values), axis=1)
-            bids = prices[j1] + (w1 - w2) + eps
-            bidding = assigned < 0
-            bids = jnp.where(bidding, bids, -big)
-            best_bid = jnp.full((n,), -big, dtype).at[j1].max(bids)
-            won = bidding & (bids >= best_bid[j1]) & (best_bid[j1] > -big)
-            # Ties: the lowest-index bidder wins.
-            persons = jnp.arange(n)
-            winner = jnp.full((n,), n).at[j1].min(jnp.where(won, persons, n))
-            got = winner < n  # objects that received a winning bid this round
-            new_owner = jnp.where(got, winner, owner)
-            # Previous owners of re-assigned objects become unassigned.
-            lost = (
-                jnp.zeros((n,), bool)
-                .at[jnp.where(got & (owner >= 0), owner, n)]
-                .set(True, mode="drop")
-            )
-            assigned = jnp.where(lost, -1, assigned)
-            is_winner = won & (winner[j1] == persons)
-            assigned = jnp.where(is_winner, j1, assigned)
-            prices = jnp.where(got, best_bid, prices)
-            return prices, assigned, new_owner, r + 1
-
-        prices, assigned, owner, r = jax.lax.while_loop(
-            cond, body, (prices, assigned, owner, jnp.array(0))
+        prices, assigned, _, _, r = jax.lax.while_loop(
+            cond, any_round, (prices, assigned, owner, eps, jnp.array(0))
         )
-        return prices, eps, assigned, rounds + r
+        return prices, assigned, eps, rounds + r, phase + 1
 
-    prices0 = jnp.zeros((n,), dtype)
-    _, _, assigned, _ = jax.lax.while_loop(
-        phase_cond, phase_body, (prices0, eps_hi, jnp.full((n,), -1), jnp.array(0))
+    eps0 = jnp.maximum(jnp.asarray(eps_start, dtype), eps_lo)
+    prices, assigned, _, rounds, _ = jax.lax.while_loop(
+        phase_cond, phase_body, (prices, jnp.full((n,), -1), eps0, jnp.array(0), jnp.array(0))
     )
-    return assigned
+    # Out of rounds (only with a small `max_rounds`): give the persons still unassigned the
+    # free objects in order, so that the result is always a permutation.
+    free_persons = jnp.argsort(assigned >= 0, stable=True)
+    owned = jnp.zeros((n,), bool).at[jnp.where(assigned >= 0, assigned, n)].set(True, mode="drop")
+    free_objects = jnp.argsort(owned, stable=True)
+    n_free = jnp.sum(assigned < 0)
+    fill = jnp.where(iota < n_free, free_objects, assigned[free_persons])
+    assigned = assigned.at[free_persons].set(fill)
+    return assigned, prices, rounds
+
+
+def _exact_assignment(a, b, eps_final=1e-2):
+    """Optimal permutation for the squared-distance cost between `a` and `b` (`n × d`).
+
+    Sinkhorn at ε = 0.01 × mean cost gives dual prices (`−g`) that are already nearly
+    complementary-slack, so the auction starts at that ε and, with epsilon-scaling (÷10 per
+    phase), only settles the remaining conflicts down to `eps_final × mean cost / n`: the
+    total cost is within `eps_final × mean cost` (`n · ε_final`) of the optimum.
+    """
+    cost = _sq_dists(a, b)
+    n = cost.shape[0]
+    scale = jnp.maximum(jnp.mean(cost), jnp.finfo(cost.dtype).tiny)
+    geom = PointCloud(a, b, epsilon=_WARM_EPSILON, relative_epsilon="mean")
+    sol = solve(geom, solver=Sinkhorn(tol=1e-2, max_steps=500), throw=False)
+    prices = jnp.where(jnp.isfinite(sol.g), -sol.g, 0.0)
+    sigma, _, _ = _auction(
+        -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, 1_000_000
+    )
+    return sigma
 
 
 def coupling(
@@ -120,11 +162,11 @@ def coupling(
 
     - `x0`: `(n, ...)` samples; `x1`: `(m, ...)` samples (flattened to vectors; squared
       Euclidean cost).
-    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 64, else
+    - `method`: `"auto"` (default: `"exact"` for equal batches of at most 128, else
       `"entropic"`), `"exact"` (the optimal permutation by the auction algorithm, to within a
       relative `1e-2/n` of the optimal cost; needs `n == m`) or `"entropic"` (Sinkhorn at
       `epsilon` × the mean cost, then one partner per row of the plan: sampled with `key`,
-      or the row's argmax without one).
+      or the row's argmax without one; not a permutation: a target may be used twice).
     - `epsilon`: the relative entropic regularisation for `"entropic"`.
     - `key`: a PRNG key for `"entropic"` sampling (optional).
     - `return_indices`: also return the index array `σ` (`x1[σ]` is paired with `x0`).
@@ -160,7 +202,8 @@ def coupling(
     if method not in ("auto", "exact", "entropic"):
         raise ValueError(f"`method` must be 'auto', 'exact' or 'entropic'; got {method!r}.")
     if method == "auto":
-        method = "exact" if x0.shape[0] == x1.shape[0] and x0.shape[0] <= 64 else "entropic"
+        exact = x0.shape[0] == x1.shape[0] and x0.shape[0] <= _AUTO_EXACT_MAX
+        method = "exact" if exact else "entropic"
     if method == "exact" and x0.shape[0] != x1.shape[0]:
         raise ValueError(
             "method='exact' pairs batches of equal size (a permutation); got "
@@ -177,7 +220,7 @@ def _coupling(x0, x1, method, epsilon, key, return_indices):
     a = jax.lax.stop_gradient(x0.reshape(x0.shape[0], -1).astype(dtype))
     b = jax.lax.stop_gradient(x1.reshape(x1.shape[0], -1).astype(dtype))
     if method == "exact":
-        sigma = auction_assignment(_sq_dists(a, b))
+        sigma = _exact_assignment(a, b)
     else:
         geom = PointCloud(a, b, epsilon=epsilon, relative_epsilon="mean")
         sol = solve(geom, solver=Sinkhorn(tol=1e-3, max_steps=2000), throw=False)
