@@ -70,7 +70,7 @@ def _sinkhorn_sweep(f, g, cost, eps, problem):
     return f, g
 
 
-def _kth_thresholds(logp, kr, kc, iters=16, span=60.0):
+def _kth_thresholds(logp, kr, kc, iters=10, span=40.0):
     """Thresholds (in log space) keeping about the `kr` largest entries of each row and the
     `kc` largest of each column of `exp(logp)`: bisection on the count (at least k kept, ties
     and a resolution of span/2**iters aside; entries below e^-span × the row's largest are
