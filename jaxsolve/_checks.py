@@ -34,15 +34,15 @@ def check_max_steps(max_steps: Any) -> None:
         raise ValueError(f"`max_steps` must be a positive Python int; got {max_steps!r}.")
 
 
-def check_same_structure(out: Any, y0: Any, what: str) -> None:
-    """`out` (a shape struct from eval_shape) must match `y0`'s structure and shapes."""
-    s_out = jax.tree_util.tree_structure(out)
+def check_same_structure(tree: Any, y0: Any, what: str) -> None:
+    """`tree` (arrays or shape structs) must match `y0`'s pytree structure and leaf shapes."""
+    s_out = jax.tree_util.tree_structure(tree)
     s_y = jax.tree_util.tree_structure(y0)
-    shapes_out = [x.shape for x in jax.tree_util.tree_leaves(out)]
+    shapes_out = [jnp.shape(x) for x in jax.tree_util.tree_leaves(tree)]
     shapes_y = [jnp.shape(x) for x in jax.tree_util.tree_leaves(y0)]
     if s_out != s_y or shapes_out != shapes_y:
         raise ValueError(
-            f"{what} must return the same structure and shapes as `y0`; got "
+            f"{what} must have the same structure and shapes as `y0`; got "
             f"{s_out} with shapes {shapes_out}, expected {s_y} with shapes {shapes_y}."
         )
 

@@ -345,4 +345,4 @@ def fixed_point(
 
 
 def _check_same_structure(fn, y0, args):
-    check_same_structure(jax.eval_shape(fn, y0, args), y0, "`fn(y, args)`")
+    check_same_structure(jax.eval_shape(fn, y0, args), y0, "The output of `fn(y, args)`")

@@ -11,7 +11,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree, Scalar
 
 from .._adjoint import ImplicitAdjoint, UnrollAdjoint
-from .._checks import check_float_tree, check_max_steps, check_tol
+from .._checks import check_float_tree, check_max_steps, check_same_structure, check_tol
 from .._iterate import tree_all_finite
 from .._minimise import LBFGS, AbstractMinimiser, minimise
 from .._solution import RESULTS, Solution
@@ -285,7 +285,7 @@ def hypergradient(
             raise ValueError(
                 "`adjoint0` warm-starts an implicit estimator; Unrolled has no adjoint."
             )
-        _check_like(adjoint0, y0, "adjoint0")
+        check_same_structure(adjoint0, y0, "`adjoint0`")
     # Python floats become arrays here, so that new values do not recompile.
     theta = jtu.tree_map(jnp.asarray, theta)
     y0 = jtu.tree_map(jnp.asarray, y0)
@@ -320,14 +320,6 @@ def _check_common(outer_fn, inner_fn, theta, y0, outer_args, inner_args, estimat
         )
     check_objective(outer_fn, "outer_fn", theta, y0, outer_args)
     check_objective(inner_fn, "inner_fn", theta, y0, inner_args)
-
-
-def _check_like(tree, ref, name):
-    s1, s2 = jtu.tree_structure(tree), jtu.tree_structure(ref)
-    sh1 = [jnp.shape(x) for x in jtu.tree_leaves(tree)]
-    sh2 = [jnp.shape(x) for x in jtu.tree_leaves(ref)]
-    if s1 != s2 or sh1 != sh2:
-        raise ValueError(f"`{name}` must have the structure and shapes of `y0` ({sh2}); got {sh1}.")
 
 
 @eqx.filter_jit
