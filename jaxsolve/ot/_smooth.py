@@ -41,6 +41,11 @@ def _as_cost_matrix(geom) -> Array:
         )
     if not jnp.issubdtype(cost.dtype, jnp.floating):
         raise TypeError(f"The cost matrix must be floating point; got {cost.dtype}.")
+    if 0 in cost.shape:
+        raise ValueError(
+            f"solve_smooth needs at least one source and one target point; got a cost matrix of "
+            f"shape {cost.shape}."
+        )
     return cost
 
 
