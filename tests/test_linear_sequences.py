@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxsolve as js
-from jaxsolve.linear._bandit import _tsallis_weights
+from jaxsolve.linear._bandit import _kl_lower_bound, _tsallis_weights
 
 
 def _random_stencil(key, shape=(5, 4)):
@@ -87,6 +87,16 @@ def test_tsallis_weights_closed_form():
     np.testing.assert_allclose(w.sum(), 1.0, atol=1e-12)
 
 
+def test_kl_lower_bound_solves_its_equation():
+    mean = jnp.array([0.3, 0.05, 0.9, 0.0])
+    n = jnp.array([4.0, 20.0, 2.0, 5.0])
+    q = _kl_lower_bound(mean, n, jnp.log(7.0))
+    kl = mean * np.log(mean / q) + (1 - mean) * np.log((1 - mean) / (1 - q))
+    kl = np.where(mean == 0, -np.log(1 - q), kl)
+    np.testing.assert_allclose(n[:3] * kl[:3], np.log(7.0), rtol=1e-6)
+    assert np.all(q <= mean) and float(q[3]) == 0.0
+
+
 def _simulate(bandit, costs, features, seed=0):
     def body(state, inp):
         cost_row, f = inp
@@ -149,6 +159,102 @@ def test_live_bandit_beats_gauss_seidel_in_iterations():
     assert int(ours.sum()) < int(gs.sum()) / 1.5
 
 
+def test_unimodal_bandit_follows_osub_by_hand():
+    # Deterministic counts 100 + 30 |k - 6| (loss = count / 500). OSUB from the largest ω: each
+    # new leader's untried neighbour is played at once, so it walks down 9, 8, 7, 6, tries 6's
+    # lower neighbour 5, and then stays near 6 (the leader itself every third round it leads).
+    K = 10
+    counts = 100.0 + 30.0 * jnp.abs(jnp.arange(K) - 6.0)
+    bandit = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.9, K), 500, policy="unimodal")
+    table = jnp.tile(counts, (60, 1)).at[:, :6].add(1.0)  # cost -> arm is one-to-one
+    state, paid = _simulate(bandit, table, jnp.zeros(60))
+    arms = [int(np.flatnonzero(table[0] == c)[0]) for c in paid[:5]]
+    assert arms == [9, 8, 7, 6, 5]
+    plays = np.asarray(state.plays[0])
+    assert plays[:5].sum() == 0 and plays[8] == plays[9] == 1  # never below 5; passed 8, 9 once
+    assert plays.argmax() == 6
+    assert float(bandit.greedy(state)) == pytest.approx(float(bandit.omegas[6]))
+
+
+def _sor_like_costs(key, T=100):
+    # Mean counts shaped like SOR's (steep below the optimum, flat above; ω = 1 costs 5.6x the
+    # best), times a per-system difficulty that matters most for small ω (above the optimum
+    # SOR's rate is ω − 1 whatever the system), and per-arm noise.
+    mean = jnp.array([760.0, 425, 261, 179, 141, 135, 142, 160, 217, 288])
+    k1, k2 = jax.random.split(key)
+    difficulty = jnp.exp(0.7 * jax.random.normal(k1, (T, 1)) * jnp.linspace(1.0, 0.0, 10))
+    noise = jnp.exp(0.1 * jax.random.normal(k2, (T, 10)))
+    return jnp.round(mean * difficulty * noise)
+
+
+@jax.jit
+def _bandit_totals(costs, seed):
+    omegas = 2 - jnp.geomspace(1.0, 0.05, 10)
+    uni = js.linear.RelaxationBandit(omegas, loss_scale=1000, policy="unimodal")
+    tsallis = js.linear.RelaxationBandit(omegas, loss_scale=500, learning_rate=8.0)
+    f = jnp.zeros(costs.shape[0])
+    s_uni, paid_uni = _simulate(uni, costs, f, seed)
+    _, paid_ts = _simulate(tsallis, costs, f, seed)
+    return paid_uni.sum(), paid_ts.sum(), s_uni.plays[0]
+
+
+def test_unimodal_bandit_short_horizon_regret():
+    # 100 systems: the unimodal policy explores only the leader's neighbours, so its total stays
+    # within 20 % of the best fixed arm's (the target is 30 %), and below the Tsallis-INF
+    # policy's, which must sample the slow arms to learn they are slow.
+    for seed in range(3):
+        costs = _sor_like_costs(jax.random.PRNGKey(10 + seed))
+        best = float(costs.sum(0).min())
+        uni, ts, plays = _bandit_totals(costs, seed)
+        assert float(uni) <= 1.2 * best
+        assert float(uni) < float(ts)
+        # never the two slowest ω; mostly the three within 5-8 % of the best
+        assert int(plays[:2].sum()) == 0 and int(plays[4:7].sum()) >= 60
+
+
+@jax.jit
+def _live_and_replay(cs):
+    omegas = jnp.linspace(1.0, 1.9, 10)
+    b = jnp.ones((10, 10))
+
+    def steps(c, omega):
+        A = js.linear.Stencil5.poisson((10, 10), shift=c)
+        return js.linear.solve(A, b, js.linear.SOR(omega, 1e-6, max_steps=600), throw=False).stats[
+            "num_steps"
+        ]
+
+    out = []
+    for bandit, contextual in [
+        (js.linear.RelaxationBandit(omegas, loss_scale=300, policy="unimodal"), False),
+        (
+            js.linear.RelaxationBandit(
+                omegas, 300, policy="unimodal", num_contexts=2, feature_min=0.0, feature_max=0.05
+            ),
+            True,
+        ),
+    ]:
+
+        def live(state, c, bandit=bandit, contextual=contextual):
+            f = c if contextual else None
+            arm, omega, state = bandit.choose(state, f)
+            n = steps(c, omega)
+            return bandit.update(state, arm, n, f), n
+
+        paid_live = jax.lax.scan(live, bandit.init(jax.random.PRNGKey(0)), cs)[1]
+        table = jax.vmap(jax.vmap(steps, (None, 0)), (0, None))(cs, omegas)
+        f = cs if contextual else jnp.zeros_like(cs)
+        paid_replay = _simulate(bandit, table, f)[1]
+        out.append((paid_live, paid_replay, table))
+    return out
+
+
+def test_unimodal_bandit_live_equals_table_replay():
+    cs = 0.05 * jax.random.uniform(jax.random.PRNGKey(6), (40,)) ** 2
+    for paid_live, paid_replay, table in _live_and_replay(cs):
+        np.testing.assert_array_equal(paid_live, paid_replay)
+        assert int(paid_live.sum()) < int(table[:, 0].sum()) / 1.5  # vs Gauss-Seidel
+
+
 def test_bandit_bad_input():
     with pytest.raises(ValueError, match="between 0 and 2"):
         js.linear.RelaxationBandit(jnp.array([1.0, 2.5]))
@@ -156,6 +262,10 @@ def test_bandit_bad_input():
         js.linear.RelaxationBandit(num_contexts=3).choose(
             js.linear.RelaxationBandit(num_contexts=3).init(jax.random.PRNGKey(0))
         )
+    with pytest.raises(ValueError, match="policy"):
+        js.linear.RelaxationBandit(policy="ucb")
+    with pytest.raises(ValueError, match="increasing"):
+        js.linear.RelaxationBandit(jnp.array([1.5, 1.0, 1.8]), policy="unimodal")
 
 
 # --- recycling --------------------------------------------------------------------------------
