@@ -101,6 +101,19 @@ def test_never_worse_than_warm_start():
     np.testing.assert_allclose(one.stats["marginal_error"], one.problem.marginal_error(one.f, one.g))
 
 
+def test_warmup_tighter_than_tol_still_ends_at_the_target_epsilon():
+    # The warm-up's epsilon scaling starts at the mean cost, where Sinkhorn converges at once:
+    # that error is not the problem's, and must neither end the solve nor the warm-up.
+    x, y, a, b = _problem(4)
+    geom = js.ot.PointCloud(x, y, epsilon=2e-3)
+    sns = js.ot.SparseNewton(tol=1e-8, warmup=200, warmup_tol=1e-12)
+    sol = js.ot.solve(geom, a, b, solver=sns)
+    p = sol.plan
+    err = jnp.sum(jnp.abs(p.sum(1) - a)) + jnp.sum(jnp.abs(p.sum(0) - b))
+    assert float(err) <= 1e-8
+    assert int(sol.stats["sinkhorn_steps"]) > 50
+
+
 def test_vmap_equals_loop():
     xs = jnp.stack([_problem(s)[0] for s in range(3)])
     _, y, a, b = _problem(0)

@@ -375,9 +375,10 @@ class SparseNewton(AbstractOTSolver):
             (f1, g1), warm, _ = warm_solver.ot_step(y, problem, state.warm)
             f1, g1 = problem.normalise(f1, g1)
             err = warm_solver.ot_error((f1, g1), problem, warm)
-            done = (err <= self.warmup_tol) | (warm.sweeps >= self.warmup)
             # Before the last epsilon stage the warm-up's error is not the problem's.
             real = warm.at_target > state.warm.at_target
+            done = (real & (err <= self.warmup_tol)) | (warm.sweeps >= self.warmup)
+            err = jnp.where(real, err, jnp.finfo(err.dtype).max)
             return f1, g1, err, real, warm, ~done, false, false, zero
 
         def newton():
