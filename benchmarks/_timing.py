@@ -36,6 +36,26 @@ def compare_times(fns: dict, *args, repeats: int = 15) -> dict:
     return best
 
 
+def interleaved_times(fns: dict, *args, repeats: int = 5, slow: float = 10.0) -> dict:
+    """Best wall time (s) of each `fn(*args)`, compilation excluded.
+
+    For candidates that run for seconds (a slow baseline next to a fast solver): each is
+    compiled ahead of time, then timed in `repeats` rounds of one call each, the order reversed
+    every round, so a load drift from other processes falls on all candidates alike. A
+    candidate whose call takes more than `slow` seconds is timed in the first round only."""
+    compiled = {k: jax.jit(f).lower(*args).compile() for k, f in fns.items()}
+    best = {}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            if r > 0 and best[name] > slow:
+                continue
+            start = time.perf_counter()
+            jax.block_until_ready(compiled[name](*args))
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    return best
+
+
 def machine() -> str:
     import os
 

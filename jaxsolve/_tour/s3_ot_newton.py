@@ -1,7 +1,8 @@
 """Sinkhorn-Newton-Sparse vs Sinkhorn at small epsilon
 
 One random point-cloud problem (n = 200, ε = 1e-3 × mean cost) solved to an L1 marginal
-error of 1e-8 by Sinkhorn and by Sinkhorn–Newton–Sparse: iterations and wall time side by side.
+error of 1e-8 by plain Sinkhorn (the SNS paper's baseline), jaxsolve's accelerated Sinkhorn
+and Sinkhorn–Newton–Sparse: iterations and wall time side by side.
 """
 
 import time
@@ -22,8 +23,11 @@ def run():
     geom = js.ot.Geometry(cost, epsilon=1e-3 * float(jnp.mean(cost)))
     rows = []
     solvers = {
-        "Sinkhorn": js.ot.Sinkhorn(tol=1e-8, max_steps=20_000),
-        "SparseNewton": js.ot.SparseNewton(tol=1e-8, max_steps=500),
+        "Sinkhorn (plain)": js.ot.Sinkhorn(
+            tol=1e-8, max_steps=5_000, epsilon_scaling=None, acceleration=None
+        ),
+        "Sinkhorn (Anderson + eps-scaling)": js.ot.Sinkhorn(tol=1e-8, max_steps=20_000),
+        "SparseNewton": js.ot.SparseNewton(tol=1e-8),
     }
     for name, solver in solvers.items():
         solve = jax.jit(lambda g, s=solver: js.ot.solve(g, solver=s, throw=False))
@@ -43,7 +47,9 @@ def run():
             ]
         )
     table(rows, ["solver", "iterations", "newton", "CG", "marginal error", "seconds"])
+    capped = " (plain capped at 5000 sweeps, short of 1e-8: lower bounds)"
+    capped = capped if float(rows[0][4]) > 1e-8 else ""
     print(
-        f"Sinkhorn / SNS: iterations {rows[0][1] / rows[1][1]:.0f}x, "
-        f"time {float(rows[0][5]) / float(rows[1][5]):.1f}x (above 1: SNS faster)"
+        f"plain Sinkhorn / SNS: iterations {rows[0][1] / rows[2][1]:.0f}x, "
+        f"time {float(rows[0][5]) / float(rows[2][5]):.1f}x (above 1: SNS faster){capped}"
     )

@@ -193,7 +193,15 @@ def _solve(geom, a, b, tau_a, tau_b, solver, adjoint, init, throw, progress):
     )
     result = RESULTS.where(invalid, RESULTS.invalid_input, sol.result)
     stats = dict(sol.stats)
-    stats["marginal_error"] = stats.pop("error")
+    # A solver's own error can be that of an intermediate epsilon (epsilon scaling stopped by
+    # `max_steps`): an unsuccessful solve reports the true error of the returned potentials.
+    err = stats.pop("error")
+    f_, g_ = jax.lax.stop_gradient(sol.value)
+    stats["marginal_error"] = jax.lax.cond(
+        result == RESULTS.successful,
+        lambda: jnp.asarray(err, dtype),
+        lambda: problem.marginal_error(f_, g_).astype(dtype),
+    )
     f, g = sol.value
     if throw:
         f = result.error_if(f, result != RESULTS.successful)
