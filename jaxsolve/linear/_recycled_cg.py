@@ -90,8 +90,9 @@ class _RCGIteration(LinearIteration):
         j = s.num_matvecs - 1
         keep = j < self.h
         jj = jnp.minimum(j, self.h - 1)
-        P = jnp.where(keep, s.P.at[jj].set(s.p), s.P)
-        AP = jnp.where(keep, s.AP.at[jj].set(ap), s.AP)
+        # A one-row update in place (a `where` over the whole buffer would copy it every step).
+        P = s.P.at[jj].set(jnp.where(keep, s.p, s.P[jj]))
+        AP = s.AP.at[jj].set(jnp.where(keep, ap, s.AP[jj]))
         res = jnp.where(ok, jnp.sqrt(jnp.sum(r * r)), s.res_norm)
         new = _RCGState(r, z + beta * s.p, rz, res, P, AP, s.num_matvecs + 1)
         return y, new, RESULTS.where(ok, RESULTS.successful, RESULTS.breakdown)
