@@ -28,8 +28,8 @@ smallest eigenpairs of D^{-1/2} A D^{-1/2} — of the current system (unreachabl
 for them) and of the previous system in the sequence (what perfect recycling could carry).
 
 `--sweep` instead runs RecycledCG(jacobi=True) over a grid of (k, refresh, harvest) on the
-Darcy sequence with random right-hand sides (how much a larger k or a more frequent refresh
-buys), against Jacobi-PCG.
+Darcy sequence with random right-hand sides, and over (k, refresh) on the pCN chain (how much
+a larger k or a more frequent refresh buys), against Jacobi-PCG.
 
 Usage: python benchmarks/linear_recycling.py [--small] [--sweep]
 """
@@ -222,6 +222,20 @@ def sweep():
     out = run_all(methods, darcy, loga, bs)
     table(
         f"Sweep: {T} systems Darcy {N}x{N}, random right-hand sides, rel. tol {TOL:g}, float64",
+        out,
+        ["Jacobi-PCG from scratch"],
+    )
+    # The pCN chain, fixed source, warm-started: how often to refresh.
+    loga = pcn_fields(jax.random.split(jax.random.PRNGKey(0), 4)[3])
+    methods = [PCG]
+    for k, r in [(40, 3), (40, 5), (40, 10), (80, 5)]:
+        m = js.linear.RecycledCG(
+            tol=TOL, recycle=k, refresh=r, harvest=300, jacobi=True, max_steps=MAX_STEPS
+        )
+        methods.append((f"RecycledCG(jacobi=True, k={k}, refresh={r}), warm", *_recycled(m, True)))
+    out = run_all(methods, darcy, loga, jnp.ones((T, N, N)))
+    table(
+        f"Sweep: {T} systems Darcy {N}x{N} along the pCN chain, f = 1, rel. tol {TOL:g}",
         out,
         ["Jacobi-PCG from scratch"],
     )
