@@ -54,9 +54,9 @@ class _RCGIteration(LinearIteration):
 
     def precond(self, r):
         if self.scale is None:
-            return r + self.W.T @ (self.factor * (self.W @ r))
+            return r + (self.factor * (self.W @ r)) @ self.W
         r = self.scale * r
-        return self.scale * (r + self.W.T @ (self.factor * (self.W @ r)))
+        return self.scale * (r + (self.factor * (self.W @ r)) @ self.W)
 
     def init(self, fn, y, args):
         b, _ = args

@@ -82,14 +82,14 @@ class _GCRODRIteration(LinearIteration):
             j, V, H, B, _ = carry
             w = self.mv(V[j])
             bj = s.C @ w
-            w = w - s.C.T @ bj
+            w = w - bj @ s.C
             mask = (jnp.arange(m + 1) <= j).astype(dtype)
             h = (V @ w) * mask
-            w = w - V.T @ h
+            w = w - h @ V
             h2 = (V @ w) * mask  # second pass: keeps V orthonormal in floating point
-            w = w - V.T @ h2
+            w = w - h2 @ V
             bj2 = s.C @ w
-            w = w - s.C.T @ bj2
+            w = w - bj2 @ s.C
             h = h + h2
             hn = jnp.sqrt(jnp.sum(w * w))
             V = V.at[j + 1].set(w / jnp.where(hn > 0, hn, 1))
@@ -108,8 +108,8 @@ class _GCRODRIteration(LinearIteration):
         init = (jnp.array(0), V, H, B, beta)
         used, V, H, B, _ = jax.lax.while_loop(more, arnoldi, init)
         z = jnp.linalg.lstsq(H, e1)[0]
-        y = y + V[:m].T @ z - s.U.T @ (B @ z)
-        r = V.T @ (e1 - H @ z)
+        y = y + z @ V[:m] - (B @ z) @ s.U
+        r = (e1 - H @ z) @ V
 
         # Update the recycle space from the augmented relation A [Ũ; V_m]ᵀ = [C; V_{m+1}]ᵀ G.
         unorm = jnp.sqrt(jnp.sum(s.U**2, axis=1))
@@ -125,8 +125,8 @@ class _GCRODRIteration(LinearIteration):
         U, C = _harmonic_update(Vhat, What, G, WV, k)
         # Keep the residual exactly orthogonal to the new C (no matvec needed).
         cr = C @ r
-        y = y + U.T @ cr
-        r = r - C.T @ cr
+        y = y + cr @ U
+        r = r - cr @ C
         res_norm = jnp.sqrt(jnp.sum(r * r))
         ok = jnp.all(jnp.isfinite(U)) & jnp.all(jnp.isfinite(C))
         new = _GCRODRState(
@@ -225,8 +225,8 @@ class GCRODR(eqx.Module):
         C = jnp.where(space.valid, Q.T, 0)
         U = jnp.where(space.valid, jax.scipy.linalg.solve_triangular(R, U, trans="T"), 0)
         cr = C @ r
-        x = x + U.T @ cr
-        r = r - C.T @ cr
+        x = x + cr @ U
+        r = r - cr @ C
         k_mv = jnp.where(space.valid, self.recycle, 0).astype(jnp.int32)
         state = _GCRODRState(r, U, C, space.valid, jnp.sqrt(jnp.sum(r * r)), 1 + k_mv)
         iteration = _GCRODRIteration(mv, self.restart, self.recycle, self.tol)
