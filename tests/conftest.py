@@ -2,15 +2,7 @@
 
 import os
 
-# XLA's multithreaded Eigen pool on CPU can wedge (a deadlock in block_until_ready) on vmapped
-# while-loop graphs, seen here once in a CI run; its single-threaded mode avoids it
-# (PyAutoLabs/PyAutoFit#1528: 0 hangs in 12 runs against 14 in 16). pytest-xdist already runs
-# one worker per core, so the intra-op threads bought nothing. Set before jax starts a backend.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-).strip()
-
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 os.environ.setdefault("MPLBACKEND", "Agg")

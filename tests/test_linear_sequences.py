@@ -1,6 +1,7 @@
 """Stencil5 operators and the relaxation bandit: structure against dense matrices, iteration
 counts (never times) for the sequence methods."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,39 +213,48 @@ def test_unimodal_bandit_short_horizon_regret():
         assert int(plays[:2].sum()) == 0 and int(plays[4:7].sum()) >= 60
 
 
-@jax.jit
-def _live_and_replay(cs):
-    omegas = jnp.linspace(1.0, 1.9, 10)
-    b = jnp.ones((10, 10))
-
-    def steps(c, omega):
-        A = js.linear.Stencil5.poisson((10, 10), shift=c)
-        return js.linear.solve(A, b, js.linear.SOR(omega, 1e-6, max_steps=600), throw=False).stats[
-            "num_steps"
-        ]
-
-    out = []
-    for bandit, contextual in [
-        (js.linear.RelaxationBandit(omegas, loss_scale=300, policy="unimodal"), False),
-        (
-            js.linear.RelaxationBandit(
-                omegas, 300, policy="unimodal", num_contexts=2, feature_min=0.0, feature_max=0.05
-            ),
-            True,
+_OMEGAS = jnp.linspace(1.0, 1.9, 10)
+_UNIMODAL = [
+    (js.linear.RelaxationBandit(_OMEGAS, loss_scale=300, policy="unimodal"), False),
+    (
+        js.linear.RelaxationBandit(
+            _OMEGAS, 300, policy="unimodal", num_contexts=2, feature_min=0.0, feature_max=0.05
         ),
-    ]:
+        True,
+    ),
+]
 
-        def live(state, c, bandit=bandit, contextual=contextual):
-            f = c if contextual else None
-            arm, omega, state = bandit.choose(state, f)
-            n = steps(c, omega)
-            return bandit.update(state, arm, n, f), n
 
-        paid_live = jax.lax.scan(live, bandit.init(jax.random.PRNGKey(0)), cs)[1]
-        table = jax.vmap(jax.vmap(steps, (None, 0)), (0, None))(cs, omegas)
+def _sor_steps(c, omega):
+    A = js.linear.Stencil5.poisson((10, 10), shift=c)
+    sol = js.linear.solve(
+        A, jnp.ones((10, 10)), js.linear.SOR(omega, 1e-6, max_steps=600), throw=False
+    )
+    return sol.stats["num_steps"]
+
+
+# Separate jitted pieces: one program holding both live scans, the vmapped table and the
+# replays hung XLA's CPU runtime now and then (all threads idle in block_until_ready).
+_sor_table = jax.jit(jax.vmap(jax.vmap(_sor_steps, (None, 0)), (0, None)))
+
+
+@eqx.filter_jit
+def _live(cs, bandit, contextual):
+    def live(state, c):
+        f = c if contextual else None
+        arm, omega, state = bandit.choose(state, f)
+        n = _sor_steps(c, omega)
+        return bandit.update(state, arm, n, f), n
+
+    return jax.lax.scan(live, bandit.init(jax.random.PRNGKey(0)), cs)[1]
+
+
+def _live_and_replay(cs):
+    table = _sor_table(cs, _OMEGAS)
+    out = []
+    for bandit, contextual in _UNIMODAL:
         f = cs if contextual else jnp.zeros_like(cs)
-        paid_replay = _simulate(bandit, table, f)[1]
-        out.append((paid_live, paid_replay, table))
+        out.append((_live(cs, bandit, contextual), _simulate(bandit, table, f)[1], table))
     return out
 
 
