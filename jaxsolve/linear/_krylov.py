@@ -65,7 +65,20 @@ class _GMRESIteration(LinearIteration):
         return y, _GMRESState(r, res_norm, state.num_matvecs + m + 1), result
 
 
-class GMRES(lx.AbstractLinearSolver):
+class _AbstractKrylov(lx.AbstractLinearSolver):
+    """GMRES and BiCGStab: their state is the operator itself (no symmetry assumed)."""
+
+    def transpose(self, state, options):
+        return state.transpose(), options
+
+    def conj(self, state, options):
+        return lx.conj(state), options
+
+    def assume_full_rank(self):
+        return True
+
+
+class GMRES(_AbstractKrylov):
     """Restarted GMRES(m) for general square systems.
 
     Each step of the loop is one restart cycle of `restart` Arnoldi steps (so `num_steps`
@@ -110,15 +123,6 @@ class GMRES(lx.AbstractLinearSolver):
         n = vector.size
         iteration = _GMRESIteration(min(self.restart, n))
         return run_iteration(iteration, state, vector, options, self.tol, self.max_steps)
-
-    def transpose(self, state, options):
-        return state.transpose(), options
-
-    def conj(self, state, options):
-        return lx.conj(state), options
-
-    def assume_full_rank(self):
-        return True
 
 
 class _BiCGStabState(eqx.Module):
@@ -172,7 +176,7 @@ def _nz(x):
     return jnp.where(x == 0, jnp.ones_like(x), x)
 
 
-class BiCGStab(lx.AbstractLinearSolver):
+class BiCGStab(_AbstractKrylov):
     """BiCGStab (van der Vorst 1992) for general square systems: two matvecs per iteration,
     short recurrences, no restarts.
 
@@ -210,12 +214,3 @@ class BiCGStab(lx.AbstractLinearSolver):
 
     def compute(self, state, vector, options):
         return run_iteration(_BiCGStabIteration(), state, vector, options, self.tol, self.max_steps)
-
-    def transpose(self, state, options):
-        return state.transpose(), options
-
-    def conj(self, state, options):
-        return lx.conj(state), options
-
-    def assume_full_rank(self):
-        return True
