@@ -68,14 +68,12 @@ def _plan_terms(f, g, cost, eps, problem):
     return logp, p, lin - eps * jnp.sum(p), jnp.where(jnp.isfinite(err), err, jnp.inf)
 
 
-def _sinkhorn_sweep(f, g, cost, eps, problem):
-    _, gm = problem.masked(f, g)
-    f = eps * problem.log_a - eps * jax.nn.logsumexp((gm[None, :] - cost) / eps, axis=1)
-    f = jnp.where(problem.mask_a, f, 0.0)
-    fm, _ = problem.masked(f, g)
-    g = eps * problem.log_b - eps * jax.nn.logsumexp((fm[:, None] - cost) / eps, axis=0)
-    g = jnp.where(problem.mask_b, g, 0.0)
-    return f, g
+def _sweep(f, g, problem):
+    """One log-domain Sinkhorn sweep at the problem's epsilon (Sinkhorn's own), with the new
+    L1 marginal error: the fallback when Newton steps fail."""
+    sweeper = Sinkhorn(epsilon_scaling=None, acceleration=None)
+    f, g, err, _ = sweeper._log_sweeps(problem, f, g, problem.epsilon, 1.0, 1)
+    return f, g, jnp.where(jnp.isfinite(err), err, jnp.inf)
 
 
 def _transpose(x):
@@ -359,11 +357,9 @@ class SparseNewton(AbstractOTSolver):
         ok = ok & (slope > 0) & jnp.isfinite(slope)
 
         # A failed Newton step falls back to a Sinkhorn sweep.
-        def sweep():
-            f1, g1 = _sinkhorn_sweep(f, g, cost, eps, problem)
-            return f1, g1, _plan_terms(f1, g1, cost, eps, problem)[3]
-
-        f1, g1, err = jax.lax.cond(ok, lambda: (f + t * df, g + t * dg, err_t), sweep)
+        f1, g1, err = jax.lax.cond(
+            ok, lambda: (f + t * df, g + t * dg, err_t), lambda: _sweep(f, g, problem)
+        )
         return f1, g1, err, ok, iters
 
     def ot_step(self, y, problem: OTProblem, state: _SNSState):
@@ -387,9 +383,7 @@ class SparseNewton(AbstractOTSolver):
 
         def sweep():
             # After three failed Newton steps in a row, one plain sweep before trying again.
-            cost, eps = problem.geom.cost_matrix, problem.epsilon
-            f1, g1 = _sinkhorn_sweep(f, g, cost, eps, problem)
-            err = _plan_terms(f1, g1, cost, eps, problem)[3]
+            f1, g1, err = _sweep(f, g, problem)
             return f1, g1, err, jnp.array(True), state.warm, false, false, false, zero
 
         branch = jnp.where(state.in_warmup, 0, jnp.where(state.failed_newton < 3, 1, 2))
