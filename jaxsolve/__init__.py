@@ -8,7 +8,10 @@ from ._adjoint import (
     custom_fixed_point as custom_fixed_point,
     custom_root as custom_root,
 )
-from ._iterate import AbstractIterativeSolver as AbstractIterativeSolver
+from ._iterate import (
+    AbstractIterativeSolver as AbstractIterativeSolver,
+    converged_by as converged_by,
+)
 from ._minimise import (
     LBFGS as LBFGS,
     AbstractMinimiser as AbstractMinimiser,
@@ -17,13 +20,22 @@ from ._minimise import (
     minimise as minimise,
 )
 from ._neumann import Neumann as Neumann
+from ._problem import (
+    AbstractProblem as AbstractProblem,
+    FixedPointProblem as FixedPointProblem,
+    MinimiseProblem as MinimiseProblem,
+    RootProblem as RootProblem,
+)
 from ._root import (
-    Anderson as Anderson,
+    AbstractFixedPointSolver as AbstractFixedPointSolver,
+    AbstractRootFinder as AbstractRootFinder,
+    AndersonFixedPoint as AndersonFixedPoint,
     FixedPointIteration as FixedPointIteration,
     Newton as Newton,
     fixed_point as fixed_point,
     root_find as root_find,
 )
 from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import iterative_solve as iterative_solve
 
 __version__ = "0.1.0"

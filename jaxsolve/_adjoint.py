@@ -102,15 +102,52 @@ def implicit_jvp(
     return root, jax.lax.stop_gradient(residual)
 
 
+class ReportedSolver(lx.AbstractLinearSolver):
+    """A lineax solver that reports its result in `stats["result"]` and, when `quiet`, tells
+    lineax it succeeded. lineax raises on every failed tangent and transpose solve (it has
+    nowhere to pipe their result); wrapping the solver is how `throw=False` reaches the
+    derivative's linear solves: a failed adjoint solve then returns its last iterate instead of
+    raising. With `quiet=False` lineax still raises for failed derivative solves."""
+
+    solver: lx.AbstractLinearSolver
+    quiet: bool = eqx.field(static=True, default=True)
+
+    def init(self, operator, options):
+        return self.solver.init(operator, options)
+
+    def compute(self, state, vector, options):
+        value, result, stats = self.solver.compute(state, vector, options)
+        stats = dict(stats, result=result)
+        return value, (lx.RESULTS.successful if self.quiet else result), stats
+
+    def transpose(self, state, options):
+        return self.solver.transpose(state, options)
+
+    def conj(self, state, options):
+        return self.solver.conj(state, options)
+
+    def assume_full_rank(self):
+        return self.solver.assume_full_rank()
+
+
 class AbstractAdjoint(eqx.Module):
-    """How a solve is differentiated. See `ImplicitAdjoint` and `UnrollAdjoint`."""
+    """How a solve is differentiated. See `ImplicitAdjoint` and `UnrollAdjoint`.
+
+    `js.iterative_solve` calls `apply(fn_primal, fn_rewrite, inputs, tags, default_solver,
+    throw)`: `fn_primal(inputs) -> (root, residual)` runs the loop (whose kind is
+    `loop_kind`), `fn_rewrite(root, inputs)` is the optimality function, `default_solver` the
+    problem's linear solver for the implicit derivative, and `throw=False` means no derivative
+    solve may raise.
+    """
 
     @property
     @abc.abstractmethod
     def loop_kind(self) -> LoopKind: ...
 
     @abc.abstractmethod
-    def apply(self, fn_primal, fn_rewrite, inputs, tags) -> tuple[PyTree[Array], Any]: ...
+    def apply(
+        self, fn_primal, fn_rewrite, inputs, tags, default_solver, throw
+    ) -> tuple[PyTree[Array], Any]: ...
 
 
 class ImplicitAdjoint(AbstractAdjoint):
@@ -126,8 +163,10 @@ class ImplicitAdjoint(AbstractAdjoint):
     - `linear_solver`: a lineax solver for that Jacobian, e.g. `lx.CG(rtol=1e-8, atol=1e-8)`
       (symmetric positive definite problems, matrix-free), `lx.GMRES(...)`, `lx.LU()`,
       `js.Neumann(steps, alpha)`, or jaxsolve's own `js.linear` solvers. `None` (default)
-      lets each problem family choose: a dense direct solve (`lx.AutoLinearSolver`) for
-      `minimise` / `root_find` / `fixed_point`; see each solver's docstring.
+      lets each problem family choose (its problem's `adjoint_solver`): a dense direct solve
+      (`lx.AutoLinearSolver`) for `minimise` / `root_find` / `fixed_point`, matrix-free CG
+      for optimal transport. With `throw=False` in the entry point, a derivative solve that
+      fails returns its last iterate instead of raising.
 
     **Example:**
 
@@ -153,8 +192,11 @@ class ImplicitAdjoint(AbstractAdjoint):
     def loop_kind(self) -> LoopKind:
         return "lax"
 
-    def apply(self, fn_primal, fn_rewrite, inputs, tags):
-        return implicit_jvp(fn_primal, fn_rewrite, inputs, tags, self.linear_solver)
+    def apply(self, fn_primal, fn_rewrite, inputs, tags, default_solver, throw):
+        solver = default_solver if self.linear_solver is None else self.linear_solver
+        if not throw:
+            solver = ReportedSolver(solver)
+        return implicit_jvp(fn_primal, fn_rewrite, inputs, tags, solver)
 
 
 class UnrollAdjoint(AbstractAdjoint):
@@ -198,7 +240,7 @@ class UnrollAdjoint(AbstractAdjoint):
     def loop_kind(self) -> LoopKind:
         return self.kind  # type: ignore[return-value]
 
-    def apply(self, fn_primal, fn_rewrite, inputs, tags):
+    def apply(self, fn_primal, fn_rewrite, inputs, tags, default_solver, throw):
         return fn_primal(inputs)
 
 

@@ -1,58 +1,42 @@
-"""The one iteration loop that every jaxsolve solver runs.
+"""The solver protocol, and the one loop that runs every jaxsolve solver.
 
-A solver is an `AbstractIterativeSolver`: `init` builds a state, `step` advances the iterate,
-`error` reads the solver's own error measure from the state. `iterate` runs the loop until
-`error <= tol`, `max_steps` is reached, a non-finite value appears, or a step reports a
-failure, and returns the final iterate with a `RESULTS` code and stats. It never raises on
-values: failure is a result; `throw=True` is applied by the entry points.
+A solver is an `AbstractIterativeSolver` over a typed problem (`MinimiseProblem`,
+`RootProblem`, `FixedPointProblem`, `OTProblem`, `LinearProblem`, ...):
+
+- `init(problem, y0, options) -> state`
+- `step(problem, y, state) -> (y, state)`
+- `terminate(problem, y, state) -> (done, result)`: the solver decides when it has finished,
+  and why (`successful`, or a failure such as `line_search_failed`).
+- `postprocess(problem, y, state) -> (y, stats)`: the value returned and the solver's own
+  counts (default: `y` unchanged, no counts).
+- `error(problem, y, state) -> scalar`: the family's error measure (for `stats` and
+  progress; default `‖problem.optimality(y)‖₂`; solvers read it from their state).
+
+`run_loop` runs it; `js.iterative_solve` (in `_solve.py`) puts the loop, the adjoint, `throw`
+and the stats together. Nothing here raises on values: failure is a result.
 """
 
 import abc
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PyTree, Scalar
+from jaxtyping import Array, Bool, PyTree, Scalar
 
 from ._solution import RESULTS
 
 LoopKind = Literal["lax", "checkpointed", "bounded"]
 
-
-class AbstractIterativeSolver(eqx.Module):
-    """Base class of the solvers run by `iterate`.
-
-    Subclasses implement three methods; `fn` and `args` are whatever the entry point passes
-    (an objective, a map, a geometry), `y` the iterate:
-
-    - `init(fn, y, args) -> state`
-    - `step(fn, y, args, state) -> (y, state, result)`; `result` is `RESULTS.successful`
-      unless the step itself failed (a line search, a breakdown), which stops the loop.
-    - `error(fn, y, args, state) -> scalar`, the error measure compared against `tol`.
-
-    `stats(state)` may add solver-specific counts to `Solution.stats`.
-    """
-
-    @abc.abstractmethod
-    def init(self, fn: Any, y: PyTree[Array], args: Any) -> Any: ...
-
-    @abc.abstractmethod
-    def step(
-        self, fn: Any, y: PyTree[Array], args: Any, state: Any
-    ) -> tuple[Any, Any, RESULTS]: ...
-
-    @abc.abstractmethod
-    def error(self, fn: Any, y: PyTree[Array], args: Any, state: Any) -> Scalar: ...
-
-    def stats(self, state: Any) -> dict[str, Array]:
-        return {}
+_Problem = TypeVar("_Problem")
+_Y = TypeVar("_Y")
+_State = TypeVar("_State")
 
 
-def tree_all_finite(tree: PyTree) -> Array:
+def tree_all_finite(tree: PyTree) -> Bool[Array, ""]:
     """True when every inexact leaf of `tree` is finite."""
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
     if not leaves:
@@ -64,6 +48,71 @@ def tree_norm(tree: PyTree) -> Scalar:
     """Euclidean norm of all the leaves of `tree` together."""
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in leaves))
+
+
+def converged_by(err: Scalar, tol: Any) -> tuple[Bool[Array, ""], RESULTS]:
+    """The common stopping rule: done once `err <= tol` (successful) or `err` is not finite
+    (`nonfinite`)."""
+    finite = jnp.isfinite(err)
+    done = (err <= tol) | ~finite
+    return done, RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite)
+
+
+class AbstractIterativeSolver(eqx.Module, Generic[_Problem, _Y, _State]):
+    """The protocol every jaxsolve solver implements (optimistix's is the model).
+
+    Implement `init`, `step` and `terminate`; `postprocess` and `error` have defaults. The
+    loop, the derivative (implicit or unrolled), `throw`, `stats` and progress reports are
+    `js.iterative_solve`'s job, never the solver's. Family bases (`js.AbstractMinimiser`,
+    `js.AbstractRootFinder`, `js.AbstractFixedPointSolver`, `js.ot.AbstractOTSolver`) add
+    their family's stopping rule; subclass those to plug a solver into an entry point.
+
+    **Example:** a solver for `js.iterative_solve` on a `js.FixedPointProblem`.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp
+    import jaxsolve as js
+
+    class Halving(js.AbstractIterativeSolver):   # y <- (y + T(y)) / 2
+        tol: float = 1e-8
+
+        def init(self, problem, y, options):
+            return problem.fn(y, problem.args)
+
+        def step(self, problem, y, ty):
+            y = 0.5 * (y + ty)
+            return y, problem.fn(y, problem.args)
+
+        def terminate(self, problem, y, ty):
+            return js.converged_by(jnp.linalg.norm(ty - y), self.tol)
+
+    problem = js.FixedPointProblem(lambda y, a: jnp.cos(y) * a, 1.0)
+    sol = js.iterative_solve(problem, Halving(), jnp.array(0.0), max_steps=200)
+    assert abs(sol.value - jnp.cos(sol.value)) < 1e-7
+    ```
+    """
+
+    @abc.abstractmethod
+    def init(self, problem: _Problem, y0: _Y, options: dict[str, Any]) -> _State:
+        """The state before the first step."""
+
+    @abc.abstractmethod
+    def step(self, problem: _Problem, y: _Y, state: _State) -> tuple[_Y, _State]:
+        """One iteration."""
+
+    @abc.abstractmethod
+    def terminate(
+        self, problem: _Problem, y: _Y, state: _State
+    ) -> tuple[Bool[Array, ""], RESULTS]:
+        """`(done, result)`: whether to stop, and why (meaningful only when `done`)."""
+
+    def postprocess(self, problem: _Problem, y: _Y, state: _State) -> tuple[_Y, dict[str, Array]]:
+        """The value to return and the solver's own counts for `Solution.stats`."""
+        return y, {}
+
+    def error(self, problem: _Problem, y: _Y, state: _State) -> Scalar:
+        """The family's error measure at `(y, state)`; reported in `stats` and progress."""
+        return tree_norm(problem.optimality(y))  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _print_progress(step, error, max_steps, name):
@@ -94,73 +143,64 @@ def make_progress(
     )
 
 
-def iterate(
+def end_progress(callback: Callable | None, token: Array) -> None:
+    if callback is not None:
+        jax.debug.callback(lambda *_: sys.stderr.write("\n"), token)
+
+
+def run_loop(
+    problem: Any,
     solver: AbstractIterativeSolver,
-    fn: Any,
     y0: PyTree[Array],
-    args: Any,
     *,
-    tol: float | Array,
     max_steps: int,
+    options: dict[str, Any],
     kind: LoopKind = "lax",
     progress: Callable | None = None,
-    progress_every: int | None = None,
 ) -> tuple[PyTree[Array], Any, RESULTS, dict[str, Array]]:
-    """Run `solver` from `y0` until its error is at most `tol`.
+    """Run `solver` on `problem` from `y0` until it terminates or `max_steps` loop steps.
 
-    **Arguments:**
-
-    - `solver`, `fn`, `y0`, `args`: see `AbstractIterativeSolver`.
-    - `tol`: absolute tolerance on `solver.error`.
-    - `max_steps`: the largest number of steps (a Python int).
-    - `kind`: the loop's kind, chosen by the adjoint: `"lax"` (not reverse-differentiable,
-      memory independent of the steps), `"checkpointed"` (reverse mode through the
-      iterations with recursive checkpointing) or `"bounded"` (forward and reverse mode).
-    - `progress`: `None`, or a host callback `fn(step, error)` (see `make_progress`).
-    - `progress_every`: call `progress` every this many steps (default: ~100 calls per solve).
-
-    **Returns:** `(y, state, result, stats)` with `stats = {"num_steps", "error", ...}`.
+    **Returns:** `(y, state, result, stats)`; `result` is the solver's when it terminated,
+    `max_steps_reached` when the loop ran out, `nonfinite` when the value is not finite;
+    `stats = {"num_steps", "error", ...solver counts}` (the solver's counts may redefine
+    `num_steps`, e.g. sweeps, and the error's name, e.g. `marginal_error`).
     """
-    if not isinstance(max_steps, int) or max_steps < 0:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"`max_steps` must be a non-negative Python int; got {max_steps!r}.")
-    state0 = solver.init(fn, y0, args)
-    err0 = jnp.asarray(solver.error(fn, y0, args, state0))
-    carry0 = (y0, state0, jnp.array(0, dtype=jnp.int32), err0, RESULTS.successful)
-    every = progress_every or max(1, max_steps // 100)
+    state0 = solver.init(problem, y0, options)
+    done0, result0 = solver.terminate(problem, y0, state0)
+    every = max(1, max_steps // 100)
 
     def cond_fun(carry):
-        _, _, num_steps, err, res = carry
-        return (err > tol) & jnp.isfinite(err) & (res == RESULTS.successful)
+        return ~carry[3]
 
     def body_fun(carry):
         y, state, num_steps, _, _ = carry
-        y, state, res = solver.step(fn, y, args, state)
-        err = jnp.asarray(solver.error(fn, y, args, state))
+        y, state = solver.step(problem, y, state)
+        done, result = solver.terminate(problem, y, state)
         num_steps = num_steps + 1
         if progress is not None:
             jax.lax.cond(
-                (num_steps % every == 0) | (err <= tol),
-                lambda: jax.debug.callback(progress, num_steps, err),
+                (num_steps % every == 0) | done,
+                lambda: jax.debug.callback(
+                    progress, num_steps, solver.error(problem, y, state)
+                ),
                 lambda: None,
             )
-        return y, state, num_steps, err, res
+        return y, state, num_steps, done, result
 
-    y, state, num_steps, err, res = eqxi.while_loop(
+    carry0 = (y0, state0, jnp.array(0, jnp.int32), jnp.asarray(done0), result0)
+    y, state, num_steps, done, result = eqxi.while_loop(
         cond_fun, body_fun, carry0, max_steps=max_steps, kind=kind
     )
-    finite = jnp.isfinite(err) & tree_all_finite(y)
-    result = RESULTS.where(
-        ~finite,
-        RESULTS.nonfinite,
-        RESULTS.where(
-            res != RESULTS.successful,
-            res,
-            RESULTS.where(err <= tol, RESULTS.successful, RESULTS.max_steps_reached),
-        ),
-    )
-    if progress is not None:
-        jax.debug.callback(lambda *_: sys.stderr.write("\n"), num_steps)
-    stats = {"num_steps": num_steps, "error": err, **solver.stats(state)}
+    end_progress(progress, num_steps)
+    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    y, solver_stats = solver.postprocess(problem, y, state)
+    err = solver.error(problem, y, state)
+    finite = tree_all_finite(y) & jnp.isfinite(err)
+    result = RESULTS.where(finite, result, RESULTS.nonfinite)
+    error_name = getattr(problem, "error_name", "error")
+    stats = {"num_steps": num_steps, error_name: err, **solver_stats}
     return y, state, result, jax.lax.stop_gradient(stats)
 
 

@@ -13,8 +13,9 @@ import optax
 from jaxtyping import Array, PyTree, Scalar
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._iterate import AbstractIterativeSolver, tree_norm
-from ._solution import RESULTS, Solution
+from ._iterate import AbstractIterativeSolver, converged_by, tree_norm
+from ._problem import MinimiseProblem
+from ._solution import Solution
 from ._solve import run_entry_point
 
 
@@ -24,11 +25,23 @@ class _GradState(eqx.Module):
     inner: Any
 
 
-class AbstractMinimiser(AbstractIterativeSolver):
-    """Base class of `minimise`'s solvers; the error measure is the gradient's Euclidean norm."""
+class AbstractMinimiser(AbstractIterativeSolver[MinimiseProblem, PyTree[Array], Any]):
+    """Base class of `minimise`'s solvers.
 
-    def error(self, fn, y, args, state: _GradState) -> Scalar:
+    Subclasses implement `init(problem, y, options)` and `step(problem, y, state)` over a
+    `js.MinimiseProblem` (`problem.fn(y, problem.args)` is the objective); their state has a
+    `grad` field (the gradient at `y`). The family's rule: done once `‖∇_y fn‖₂ <= tol`
+    (`tol` is a field of every minimiser; `None` takes `js.minimise`'s `tol` or the family
+    default for the dtype).
+    """
+
+    tol: eqx.AbstractVar[float | Array | None]
+
+    def error(self, problem, y, state) -> Scalar:
         return tree_norm(state.grad)
+
+    def terminate(self, problem, y, state):
+        return converged_by(self.error(problem, y, state), self.tol)
 
 
 class GradientDescent(AbstractMinimiser):
@@ -51,15 +64,14 @@ class GradientDescent(AbstractMinimiser):
     """
 
     learning_rate: float | Array = 1e-2
+    tol: float | Array | None = None
 
-    def init(self, fn, y, args):
-        value, grad = jax.value_and_grad(fn)(y, args)
-        return _GradState(value, grad, None)
+    def init(self, problem, y, options):
+        return _GradState(*problem.value_and_grad(y), None)
 
-    def step(self, fn, y, args, state):
+    def step(self, problem, y, state):
         y = jtu.tree_map(lambda yi, gi: yi - self.learning_rate * gi, y, state.grad)
-        value, grad = jax.value_and_grad(fn)(y, args)
-        return y, _GradState(value, grad, None), RESULTS.successful
+        return y, _GradState(*problem.value_and_grad(y), None)
 
 
 class _AbstractOptaxBased(AbstractMinimiser):
@@ -71,21 +83,21 @@ class _AbstractOptaxBased(AbstractMinimiser):
     def _value_and_grad(self, value_fn, y, inner):
         return jax.value_and_grad(value_fn)(y)
 
-    def init(self, fn, y, args):
-        value, grad = jax.value_and_grad(fn)(y, args)
+    def init(self, problem, y, options):
+        value, grad = problem.value_and_grad(y)
         return _GradState(value, grad, self._transform().init(y))
 
-    def step(self, fn, y, args, state):
+    def step(self, problem, y, state):
         # optax's line searches may promote float32 iterates to float64 (under x64): keep the
         # user's dtypes, both in what `fn` sees and in the iterate.
         like_y = lambda z: jtu.tree_map(lambda zi, yi: zi.astype(yi.dtype), z, y)
-        value_fn = lambda z: fn(like_y(z), args)
+        value_fn = lambda z: problem.fn(like_y(z), problem.args)
         updates, inner = self._transform().update(
             state.grad, state.inner, y, value=state.value, grad=state.grad, value_fn=value_fn
         )
         y = like_y(optax.apply_updates(y, updates))
         value, grad = self._value_and_grad(value_fn, y, inner)
-        return y, _GradState(value, grad, inner), RESULTS.successful
+        return y, _GradState(value, grad, inner)
 
 
 class OptaxMinimiser(_AbstractOptaxBased):
@@ -113,6 +125,7 @@ class OptaxMinimiser(_AbstractOptaxBased):
     """
 
     optimiser: optax.GradientTransformation
+    tol: float | Array | None = None
 
     def __check_init__(self):
         if not isinstance(self.optimiser, optax.GradientTransformation):
@@ -150,6 +163,7 @@ class LBFGS(_AbstractOptaxBased):
 
     memory_size: int = eqx.field(static=True, default=10)
     max_linesearch_steps: int = eqx.field(static=True, default=30)
+    tol: float | Array | None = None
 
     def __check_init__(self):
         if self.memory_size < 1 or self.max_linesearch_steps < 1:
@@ -171,20 +185,13 @@ class LBFGS(_AbstractOptaxBased):
         return optax.value_and_grad_from_state(value_fn)(y, state=inner)
 
 
-def _gradient(fn, y, args):
-    return jax.grad(fn)(y, args)
-
-
-_HESSIAN_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
-
-
 def minimise(
     fn: Callable[[PyTree[Array], Any], Scalar],
     y0: PyTree[Array],
     args: Any = None,
     *,
     solver: AbstractMinimiser | None = None,
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_steps: int = 1000,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     throw: bool = True,
@@ -203,7 +210,9 @@ def minimise(
     - `y0`: the starting point, a pytree of floating-point arrays.
     - `args`: anything `fn` depends on (the hyperparameters, the data).
     - `solver`: `js.LBFGS()` (default), `js.GradientDescent(lr)`, `js.OptaxMinimiser(optax...)`.
-    - `tol`: absolute tolerance on the Euclidean norm of the gradient `‖∇_y fn‖₂`.
+    - `tol`: absolute tolerance on the Euclidean norm of the gradient `‖∇_y fn‖₂`; `None`
+      (default) takes the solver's `tol`, else the family default (1e-6 in float64, 1e-4 in
+      float32).
     - `max_steps`: the most solver steps.
     - `adjoint`: `js.ImplicitAdjoint(linear_solver=...)` (default) or `js.UnrollAdjoint()`. The
       Hessian is tagged symmetric positive semidefinite, so `lx.CG` may be used matrix-free.
@@ -228,10 +237,11 @@ def minimise(
     solver = LBFGS() if solver is None else solver
     if not isinstance(solver, AbstractMinimiser):
         raise TypeError(
-            "minimise's `solver` must be js.LBFGS(), js.GradientDescent(...) or "
-            f"js.OptaxMinimiser(optax...); got {type(solver).__name__}."
+            "minimise's `solver` must be a js.AbstractMinimiser such as js.LBFGS(), "
+            f"js.GradientDescent(...) or js.OptaxMinimiser(optax...); got {type(solver).__name__}."
         )
     return run_entry_point(
+        MinimiseProblem,
         solver,
         fn,
         y0,
@@ -241,8 +251,6 @@ def minimise(
         adjoint=adjoint,
         throw=throw,
         progress=progress,
-        optimality=_gradient,
-        tags=_HESSIAN_TAGS,
         name="minimise",
         check=_check_scalar_objective,
     )

@@ -10,47 +10,86 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, PyTree, Scalar
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._checks import (
-    check_same_structure,
-)
-from ._iterate import AbstractIterativeSolver, tree_norm
+from ._anderson import AndersonMixer
+from ._checks import check_same_structure
+from ._iterate import AbstractIterativeSolver, converged_by, tree_norm
+from ._linesearch import backtracking
+from ._problem import FixedPointProblem, RootProblem
 from ._solution import RESULTS, Solution
 from ._solve import run_entry_point
-
-
-def _residual(fn, y, args):
-    return fn(y, args)
-
-
-def _fixed_point_residual(fn, y, args):
-    # y − T(y): its Jacobian I − ∂T/∂y makes `js.Neumann(alpha=1)` the series Σ (∂T/∂y)^k.
-    return jtu.tree_map(jnp.subtract, y, fn(y, args))
-
 
 # ---------------------------------------------------------------------------------------------
 # Root finding
 
 
+class AbstractRootFinder(AbstractIterativeSolver[RootProblem, PyTree[Array], Any]):
+    """Base class of `root_find`'s solvers: subclass it to run your own root finder through
+    `js.root_find`, with implicit derivatives.
+
+    Implement `init(problem, y, options)` and `step(problem, y, state)` over a
+    `js.RootProblem` (`problem.fn(y, problem.args)` is `F(y)`). The family's rule: done once
+    `‖F(y)‖₂ <= tol`; `error` recomputes `‖F(y)‖₂` unless you override it to read it from your
+    state. Declare a `tol` field (`None`: `js.root_find`'s `tol` or the family default).
+
+    **Example:** a damped Newton method of one's own, differentiated implicitly.
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp
+    import jaxsolve as js
+
+    class DampedNewton(js.AbstractRootFinder):
+        damping: float = 0.8
+        tol: float | None = None
+
+        def init(self, problem, y, options):
+            return problem.fn(y, problem.args)          # state: F(y)
+
+        def step(self, problem, y, f):
+            jac = jax.jacfwd(problem.fn)(y, problem.args)
+            y = y - self.damping * jnp.linalg.solve(jac, f)
+            return y, problem.fn(y, problem.args)
+
+        def error(self, problem, y, f):
+            return jnp.linalg.norm(f)
+
+    cube_root = lambda a: js.root_find(lambda y, a: y**3 - a, jnp.ones(2), a,
+                                       solver=DampedNewton(), tol=1e-10).value
+    a = jnp.array([8.0, 27.0])
+    assert jnp.allclose(cube_root(a), jnp.array([2.0, 3.0]))
+    J = jax.jacobian(cube_root)(a)                       # d a^(1/3)/da = a^(-2/3)/3
+    assert jnp.allclose(J, jnp.diag(a ** (-2 / 3) / 3), atol=1e-6)
+    ```
+    """
+
+    tol: eqx.AbstractVar[float | Array | None]
+
+    def terminate(self, problem, y, state):
+        return converged_by(self.error(problem, y, state), self.tol)
+
+
 class _NewtonState(eqx.Module):
     f: PyTree[Array]
-    num_linesearch: Array
+    num_backtracks: Array
+    result: RESULTS
 
 
-class Newton(AbstractIterativeSolver):
+class Newton(AbstractRootFinder):
     """Newton's method for `F(y) = 0` with a backtracking line search on `‖F‖₂`.
 
     Each step solves `J(y) δ = −F(y)` with a lineax solver on the Jacobian (matrix-free
     `lx.JacobianLinearOperator`), then halves the step until `‖F‖₂` decreases sufficiently.
-    Error measure: `‖F(y)‖₂`.
+    Error measure: `‖F(y)‖₂`. A step whose linear solve fails, or whose line search finds no
+    decrease, stops the solve with that result (`singular`, `line_search_failed`, ...).
 
     **Arguments:**
 
     - `linear_solver`: lineax solver for the Newton system (default `lx.AutoLinearSolver(
       well_posed=None)`, dense and direct; `lx.GMRES(...)` for large systems).
     - `max_backtracks`: the most halvings of the step per iteration.
+    - `tol`: tolerance on `‖F(y)‖₂` (`None`: `js.root_find`'s `tol`).
 
     **Example:**
 
@@ -65,50 +104,45 @@ class Newton(AbstractIterativeSolver):
 
     linear_solver: lx.AbstractLinearSolver = lx.AutoLinearSolver(well_posed=None)
     max_backtracks: int = eqx.field(static=True, default=20)
+    tol: float | Array | None = None
 
-    def init(self, fn, y, args):
-        return _NewtonState(fn(y, args), jnp.array(0, jnp.int32))
+    def init(self, problem, y, options):
+        f = problem.fn(y, problem.args)
+        return _NewtonState(f, jnp.array(0, jnp.int32), RESULTS.successful)
 
-    def step(self, fn, y, args, state):
-        jac = lx.JacobianLinearOperator(fn, y, args)
+    def step(self, problem, y, state):
+        jac = lx.JacobianLinearOperator(problem.fn, y, problem.args)
         neg_f = jtu.tree_map(jnp.negative, state.f)
         sol = lx.linear_solve(jac, neg_f, self.linear_solver, throw=False)
-        delta = sol.value
         f0 = tree_norm(state.f)
 
         def trial(t):
-            y_t = jtu.tree_map(lambda a, d: a + t * d, y, delta)
-            f_t = fn(y_t, args)
+            y_t = jtu.tree_map(lambda a, d: a + t * d, y, sol.value)
+            f_t = problem.fn(y_t, problem.args)
             return y_t, f_t, tree_norm(f_t)
 
-        def cond(c):
-            t, _, _, fnorm, k = c
-            return (~(fnorm <= (1 - 1e-4 * t) * f0)) & (k < self.max_backtracks)
-
-        def body(c):
-            t, _, _, _, k = c
-            t = 0.5 * t
-            y_t, f_t, fnorm = trial(t)
-            return t, y_t, f_t, fnorm, k + 1
-
-        y1, f1, n1 = trial(jnp.asarray(1.0, f0.dtype))
-        t, y_new, f_new, fnorm, k = jax.lax.while_loop(
-            cond, body, (jnp.asarray(1.0, f0.dtype), y1, f1, n1, jnp.array(0, jnp.int32))
+        one = jnp.asarray(1.0, f0.dtype)
+        _, (y_new, f_new, fnorm), _, k = backtracking(
+            trial, lambda t, out: out[2] <= (1 - 1e-4 * t) * f0, one, self.max_backtracks
         )
-        decreased = fnorm < f0
         linear_result = RESULTS.promote(sol.result)
         result = RESULTS.where(
             linear_result != RESULTS.successful,
             linear_result,
-            RESULTS.where(decreased, RESULTS.successful, RESULTS.line_search_failed),
+            RESULTS.where(fnorm < f0, RESULTS.successful, RESULTS.line_search_failed),
         )
-        return y_new, _NewtonState(f_new, state.num_linesearch + k), result
+        return y_new, _NewtonState(f_new, state.num_backtracks + k, result)
 
-    def error(self, fn, y, args, state):
+    def error(self, problem, y, state):
         return tree_norm(state.f)
 
-    def stats(self, state):
-        return {"num_backtracks": state.num_linesearch}
+    def terminate(self, problem, y, state):
+        done, result = super().terminate(problem, y, state)
+        failed = state.result != RESULTS.successful
+        return done | failed, RESULTS.where(failed, state.result, result)
+
+    def postprocess(self, problem, y, state):
+        return y, {"num_backtracks": state.num_backtracks}
 
 
 def root_find(
@@ -116,8 +150,8 @@ def root_find(
     y0: PyTree[Array],
     args: Any = None,
     *,
-    solver: AbstractIterativeSolver | None = None,
-    tol: float = 1e-8,
+    solver: AbstractRootFinder | None = None,
+    tol: float | None = None,
     max_steps: int = 256,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     throw: bool = True,
@@ -133,8 +167,9 @@ def root_find(
     - `fn`: `(y, args) -> F` with the same structure and shapes as `y`.
     - `y0`: the starting point.
     - `args`: what `fn` depends on.
-    - `solver`: `js.Newton()` (default).
-    - `tol`: absolute tolerance on `‖fn(y, args)‖₂`.
+    - `solver`: `js.Newton()` (default) or any `js.AbstractRootFinder`.
+    - `tol`: absolute tolerance on `‖fn(y, args)‖₂`; `None` (default) takes the solver's,
+      else 1e-8 in float64, 1e-5 in float32.
     - `max_steps`, `adjoint`, `throw`, `progress`: as in `js.minimise`.
 
     **Example:**
@@ -148,11 +183,13 @@ def root_find(
     ```
     """
     solver = Newton() if solver is None else solver
-    if not isinstance(solver, Newton):
+    if not isinstance(solver, AbstractRootFinder):
         raise TypeError(
-            f"root_find's `solver` must be js.Newton(...); got {type(solver).__name__}."
+            "root_find's `solver` must be a js.AbstractRootFinder such as js.Newton(...); got "
+            f"{type(solver).__name__}."
         )
     return run_entry_point(
+        RootProblem,
         solver,
         fn,
         y0,
@@ -162,8 +199,6 @@ def root_find(
         adjoint=adjoint,
         throw=throw,
         progress=progress,
-        optimality=_residual,
-        tags=frozenset(),
         name="root_find",
         check=_check_same_structure,
     )
@@ -173,11 +208,25 @@ def root_find(
 # Fixed points
 
 
+class AbstractFixedPointSolver(AbstractIterativeSolver[FixedPointProblem, PyTree[Array], Any]):
+    """Base class of `fixed_point`'s solvers (subclass it to run your own through
+    `js.fixed_point`). Their state has a `ty` field, `T(y)`; the family's rule: done once
+    `‖T(y) − y‖₂ <= tol`. Declare a `tol` field (`None`: `js.fixed_point`'s `tol`)."""
+
+    tol: eqx.AbstractVar[float | Array | None]
+
+    def error(self, problem, y, state) -> Scalar:
+        return tree_norm(jtu.tree_map(jnp.subtract, state.ty, y))
+
+    def terminate(self, problem, y, state):
+        return converged_by(self.error(problem, y, state), self.tol)
+
+
 class _FixedPointState(eqx.Module):
     ty: PyTree[Array]
 
 
-class FixedPointIteration(AbstractIterativeSolver):
+class FixedPointIteration(AbstractFixedPointSolver):
     """Damped fixed-point iteration `y ← (1 − β) y + β T(y)`.
 
     Converges for contractions (and for nonexpansive maps with `β < 1`). Error measure:
@@ -186,6 +235,7 @@ class FixedPointIteration(AbstractIterativeSolver):
     **Arguments:**
 
     - `damping`: `β` in (0, 1] (default 1: plain iteration).
+    - `tol`: tolerance on `‖T(y) − y‖₂` (`None`: `js.fixed_point`'s `tol`).
 
     **Example:**
 
@@ -200,41 +250,37 @@ class FixedPointIteration(AbstractIterativeSolver):
     """
 
     damping: float | Array = 1.0
+    tol: float | Array | None = None
 
-    def init(self, fn, y, args):
-        return _FixedPointState(fn(y, args))
+    def init(self, problem, y, options):
+        return _FixedPointState(problem.fn(y, problem.args))
 
-    def step(self, fn, y, args, state):
+    def step(self, problem, y, state):
         b = self.damping
         y = jtu.tree_map(lambda yi, ti: (1 - b) * yi + b * ti, y, state.ty)
-        return y, _FixedPointState(fn(y, args)), RESULTS.successful
-
-    def error(self, fn, y, args, state):
-        return tree_norm(jtu.tree_map(jnp.subtract, state.ty, y))
+        return y, _FixedPointState(problem.fn(y, problem.args))
 
 
 class _AndersonState(eqx.Module):
     ty: PyTree[Array]
-    prev_x: Array  # last iterate and residual, flattened
-    prev_g: Array
-    dxs: Array  # (history, n) differences of consecutive iterates
-    dgs: Array  # (history, n) differences of consecutive residuals
-    count: Array
+    hist: tuple
 
 
-class Anderson(AbstractIterativeSolver):
+class AndersonFixedPoint(AbstractFixedPointSolver):
     """Anderson acceleration (type II) of the fixed-point iteration `y ← T(y)`.
 
-    In the difference form of Walker & Ni (2011): with `g = T(x) − x` and the last `history`
-    differences `ΔX`, `ΔG` of iterates and residuals, solve the least-squares problem
-    `γ = argmin ‖g − ΔG γ‖₂` (SVD-based, rank-deficiency safe) and step to
-    `x + β g − (ΔX + β ΔG) γ`. On a linear map with `history ≥ n` this matches GMRES.
-    Error measure: `‖T(y) − y‖₂`.
+    Each step combines the last `history` images `T(y_i)` with the weights that minimise the
+    (regularised) norm of the combined residual `Σ α_i (T(y_i) − y_i)` under `Σ α_i = 1`,
+    damped by `mixing` (Walker & Ni 2011; the same mixer accelerates Sinkhorn). On a linear
+    map with `history ≥ n` it matches GMRES. Error measure: `‖T(y) − y‖₂`.
 
     **Arguments:**
 
-    - `history`: number of past differences kept (default 5).
+    - `history`: number of past iterates combined (default 5).
     - `mixing`: `β`, the damping of the extrapolated step (default 1).
+    - `regularisation`: Tikhonov term relative to the largest squared residual norm
+      (default `None`: 1e-10 in float64, 1e-4 in float32).
+    - `tol`: tolerance on `‖T(y) − y‖₂` (`None`: `js.fixed_point`'s `tol`).
 
     **Example:**
 
@@ -242,45 +288,36 @@ class Anderson(AbstractIterativeSolver):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    sol = js.fixed_point(lambda y, _: jnp.cos(y), jnp.array([1.0, 0.0]), solver=js.Anderson())
+    sol = js.fixed_point(lambda y, _: jnp.cos(y), jnp.array([1.0, 0.0]),
+                         solver=js.AndersonFixedPoint())
     assert sol.stats["num_steps"] < 20 and jnp.allclose(sol.value, 0.7390851332)
     ```
     """
 
     history: int = eqx.field(static=True, default=5)
     mixing: float | Array = 1.0
+    regularisation: float | Array | None = None
+    tol: float | Array | None = None
 
     def __check_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
-            raise ValueError(f"Anderson `history` must be a positive int; got {self.history!r}.")
+            raise ValueError(
+                f"AndersonFixedPoint `history` must be a positive int; got {self.history!r}."
+            )
 
-    def init(self, fn, y, args):
+    def _mixer(self):
+        return AndersonMixer(self.history, self.regularisation)
+
+    def init(self, problem, y, options):
         flat, _ = ravel_pytree(y)
-        zeros = jnp.zeros((self.history, flat.size), flat.dtype)
-        return _AndersonState(
-            fn(y, args), flat, jnp.zeros_like(flat), zeros, zeros, jnp.array(0, jnp.int32)
-        )
+        return _AndersonState(problem.fn(y, problem.args), self._mixer().init(flat))
 
-    def step(self, fn, y, args, state):
+    def step(self, problem, y, state):
         x, unravel = ravel_pytree(y)
         tx, _ = ravel_pytree(state.ty)
-        g = tx - x
-        slot = (state.count - 1) % self.history
-        push = state.count > 0
-        dxs = jnp.where(push, state.dxs.at[slot].set(x - state.prev_x), state.dxs)
-        dgs = jnp.where(push, state.dgs.at[slot].set(g - state.prev_g), state.dgs)
-        valid = jnp.arange(self.history) < jnp.minimum(state.count, self.history)
-        dg_valid = jnp.where(valid[:, None], dgs, 0.0)
-        gamma = jnp.linalg.lstsq(dg_valid.T, g)[0]
-        gamma = jnp.where(valid, gamma, 0.0)
-        b = self.mixing
-        x_new = x + b * g - gamma @ (dxs + b * dgs)
+        x_new, hist = self._mixer().update(state.hist, x, tx, self.mixing)
         y_new = unravel(x_new)
-        new_state = _AndersonState(fn(y_new, args), x, g, dxs, dgs, state.count + 1)
-        return y_new, new_state, RESULTS.successful
-
-    def error(self, fn, y, args, state):
-        return tree_norm(jtu.tree_map(jnp.subtract, state.ty, y))
+        return y_new, _AndersonState(problem.fn(y_new, problem.args), hist)
 
 
 def fixed_point(
@@ -288,8 +325,8 @@ def fixed_point(
     y0: PyTree[Array],
     args: Any = None,
     *,
-    solver: AbstractIterativeSolver | None = None,
-    tol: float = 1e-8,
+    solver: AbstractFixedPointSolver | None = None,
+    tol: float | None = None,
     max_steps: int = 1000,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     throw: bool = True,
@@ -297,7 +334,7 @@ def fixed_point(
 ) -> Solution:
     """Find `y = fn(y, args)`, differentiably with respect to `args`.
 
-    Derivatives come from the implicit function theorem on `fn(y*, args) − y* = 0`: one linear
+    Derivatives come from the implicit function theorem on `y* − fn(y*, args) = 0`: one linear
     solve with `I − ∂fn/∂y` (default dense; pass `js.ImplicitAdjoint(linear_solver=lx.GMRES(...))`
     or `js.Neumann(...)` for large maps), or from unrolling.
 
@@ -306,8 +343,10 @@ def fixed_point(
     - `fn`: `(y, args) -> T(y)` with the same structure and shapes as `y`.
     - `y0`: the starting point.
     - `args`: what `fn` depends on.
-    - `solver`: `js.Anderson()` (default) or `js.FixedPointIteration(damping)`.
-    - `tol`: absolute tolerance on `‖fn(y, args) − y‖₂`.
+    - `solver`: `js.AndersonFixedPoint()` (default), `js.FixedPointIteration(damping)` or
+      any `js.AbstractFixedPointSolver`.
+    - `tol`: absolute tolerance on `‖fn(y, args) − y‖₂`; `None` (default) takes the
+      solver's, else 1e-8 in float64, 1e-5 in float32.
     - `max_steps`, `adjoint`, `throw`, `progress`: as in `js.minimise`.
 
     **Example:**
@@ -321,13 +360,15 @@ def fixed_point(
     assert jnp.allclose(g, 2.0)
     ```
     """
-    solver = Anderson() if solver is None else solver
-    if not isinstance(solver, (Anderson, FixedPointIteration)):
+    solver = AndersonFixedPoint() if solver is None else solver
+    if not isinstance(solver, AbstractFixedPointSolver):
         raise TypeError(
-            "fixed_point's `solver` must be js.Anderson(...) or js.FixedPointIteration(...); "
-            f"got {type(solver).__name__}."
+            "fixed_point's `solver` must be a js.AbstractFixedPointSolver such as "
+            "js.AndersonFixedPoint(...) or js.FixedPointIteration(...); got "
+            f"{type(solver).__name__}."
         )
     return run_entry_point(
+        FixedPointProblem,
         solver,
         fn,
         y0,
@@ -337,8 +378,6 @@ def fixed_point(
         adjoint=adjoint,
         throw=throw,
         progress=progress,
-        optimality=_fixed_point_residual,
-        tags=frozenset(),
         name="fixed_point",
         check=_check_same_structure,
     )

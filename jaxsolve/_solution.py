@@ -13,11 +13,24 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     Extends `lineax.RESULTS`, so lineax's linear-solve results (`singular`, `breakdown`,
     `stagnation`, ...) are members too. Compare with `sol.result == js.RESULTS.successful`;
     turn a result into its message with `js.RESULTS[sol.result]`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    sol = js.minimise(lambda y, _: jnp.sum(y**2), jnp.ones(2), max_steps=1,
+                      solver=js.GradientDescent(0.1), throw=False)
+    assert sol.result == js.RESULTS.max_steps_reached
+    assert "max_steps" in js.RESULTS[sol.result]
+    ```
     """
 
     nonfinite = (
-        "A NaN or inf appeared in the iterates or the error. Check the inputs for NaN/inf "
-        "(data, weights, initial point), or make the step smaller (learning rate, damping)."
+        "A NaN or inf appeared in the inputs, the iterates or the error. Check the data, "
+        "weights and initial point for NaN/inf, or make the step smaller (learning rate, "
+        "damping)."
     )
     line_search_failed = (
         "The line search could not decrease the objective along the search direction. The "
@@ -25,26 +38,39 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     )
     invalid_input = (
         "An input value is invalid (for example a negative weight, a non-positive "
-        "regularisation, or marginals of different total mass). See the solver's docstring "
-        "for what it expects."
+        "regularisation, a relaxation outside (0, 2), or marginals of different total mass). "
+        "See the solver's docstring for what it expects."
     )
     inner_not_converged = (
         "An inner solve did not converge, so derivatives computed from it are approximate. "
         "Increase the inner `max_steps` or loosen the inner `tol`."
     )
+    not_positive_definite = (
+        "The conjugate-gradient recurrence met a direction of non-positive curvature "
+        "(pᵀAp ≤ 0) or a preconditioner that is not positive definite: CG needs a symmetric "
+        "positive definite operator. Use js.linear.GMRES or js.linear.BiCGStab for other "
+        "systems, or check the preconditioner."
+    )
+    krylov_breakdown = (
+        "BiCGStab broke down: an inner product of its recurrence vanished (the shadow "
+        "residual became orthogonal to the residual). Try js.linear.GMRES, or another "
+        "starting point `x0`."
+    )
 
 
 class Solution(eqx.Module):
-    """What a jaxsolve solver returns.
+    """What a jaxsolve solver returns; every family's output is a subclass.
 
     **Attributes:**
 
     - `value`: the solution (same pytree structure as the initial point).
-    - `result`: a `js.RESULTS` member; `js.RESULTS.successful` when the error reached `tol`.
-    - `stats`: a dict of scalars: always `num_steps` and `error` (the solver's own error
-      measure at `value`), plus solver-specific counts.
+    - `result`: a `js.RESULTS` member; `js.RESULTS.successful` when the family's error
+      measure reached `tol`.
+    - `stats`: a dict of scalars: always `num_steps` and the family's error measure at
+      `value` (`error`, or `marginal_error` for optimal transport), plus solver-specific
+      counts.
     - `state`: the solver's final internal state (for warm starts and inspection).
-    - `aux`: auxiliary output of the objective, when `has_aux=True`; else `None`.
+    - `aux`: auxiliary output, when a family has one; else `None`.
 
     **Example:**
 

@@ -1,119 +1,151 @@
-"""`iterative_solve`: the loop and the adjoint put together, for every entry point."""
+"""`iterative_solve`: the one place that runs the loop, applies the adjoint and `throw`,
+assembles `stats` and reports progress, for every family."""
 
 from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
-from ._adjoint import AbstractAdjoint, check_adjoint
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint, check_adjoint
 from ._checks import check_float_tree, check_max_steps, check_tol, floats_to_arrays
-from ._iterate import AbstractIterativeSolver, apply_throw, iterate, make_progress
-from ._solution import Solution
+from ._iterate import AbstractIterativeSolver, apply_throw, make_progress, run_loop
+from ._problem import AbstractProblem, float_dtype
+from ._solution import RESULTS, Solution
 
 
 def iterative_solve(
+    problem: AbstractProblem,
     solver: AbstractIterativeSolver,
-    fn: Any,
     y0: PyTree[Array],
-    args: Any,
     *,
-    optimality: Callable[[Any, PyTree[Array], Any], PyTree[Array]],
-    tags: frozenset,
-    tol: float | Array,
     max_steps: int,
-    adjoint: AbstractAdjoint,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    throw: bool = True,
     progress: bool | Callable = False,
-    name: str = "jaxsolve",
+    options: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Solution:
-    """Run `solver` on `(fn, y0, args)` and differentiate the result with `adjoint`.
+    """Run `solver` on `problem` from `y0`, differentiably, and return a `js.Solution`.
 
-    `optimality(fn, y, args)` is zero exactly at a solution; `ImplicitAdjoint` differentiates
-    it, `UnrollAdjoint` differentiates the loop. `fn` must already be closure-converted when it
-    is a user function, so that the arrays it closes over are differentiable inputs. Returns a
-    `Solution` without applying `throw` (the entry point does, see `apply_throw`).
+    The loop runs until `solver.terminate` says done, or `max_steps` loop steps. The value is
+    differentiated by `adjoint`: `js.ImplicitAdjoint()` differentiates `problem.optimality`
+    at the solution (default; its linear solver defaults to `problem.adjoint_solver`),
+    `js.UnrollAdjoint()` the loop. `problem.validate()` (value checks of the data) takes
+    precedence over the loop's result; `throw=True` turns a failure into an error with the
+    result's message, `throw=False` never raises, derivative solves included.
+
+    **Arguments:**
+
+    - `problem`: a problem (`js.MinimiseProblem`, `js.RootProblem`, `js.FixedPointProblem`,
+      `js.ot.OTProblem`, ...), a pytree whose array leaves are differentiable inputs.
+    - `solver`: an `AbstractIterativeSolver` for that problem.
+    - `y0`: the starting point (gets no derivative).
+    - `max_steps`: the most loop steps (a Python int).
+    - `adjoint`, `throw`, `progress`: as in `js.minimise`.
+    - `options`: a dict handed to `solver.init`.
+    - `name`: the progress bar's label (default: the solver's class name).
+
+    **Returns:** a `js.Solution` with `stats = {"num_steps", <error measure>, ...}`.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import jaxsolve as js
+
+    def solve(a):
+        problem = js.RootProblem(lambda y, a: y**3 - a, a)
+        return js.iterative_solve(problem, js.Newton(tol=1e-10), jnp.array(1.0), max_steps=50)
+
+    assert jnp.allclose(solve(8.0).value, 2.0)
+    assert jnp.allclose(jax.grad(lambda a: solve(a).value)(8.0), 1 / 12)  # d a^(1/3)/da
+    ```
     """
     adjoint = check_adjoint(adjoint)
-    callback = make_progress(progress, max_steps, name)
+    if not isinstance(solver, AbstractIterativeSolver):
+        raise TypeError(
+            f"`solver` must be a js.AbstractIterativeSolver; got {type(solver).__name__}."
+        )
+    callback = make_progress(progress, max_steps, name or type(solver).__name__)
 
     def fn_primal(inputs):
-        fn_, solver_, y0_, args_, tol_ = inputs
-        y, state, result, stats = iterate(
+        problem_, solver_, y0_, options_ = inputs
+        y, state, result, stats = run_loop(
+            problem_,
             solver_,
-            fn_,
             y0_,
-            args_,
-            tol=tol_,
             max_steps=max_steps,
+            options=options_,
             kind=adjoint.loop_kind,
             progress=callback,
         )
         return y, (state, result, stats)
 
     def fn_rewrite(y, inputs):
-        fn_, _, _, args_, _ = inputs
-        return optimality(fn_, y, args_)
+        return inputs[0].optimality(y)
 
-    # The starting point and the tolerance never carry derivatives.
-    inputs = (fn, solver, jax.lax.stop_gradient(y0), args, jax.lax.stop_gradient(tol))
-    y, (state, result, stats) = adjoint.apply(fn_primal, fn_rewrite, inputs, tags)
-    return Solution(value=y, result=result, stats=stats, state=state, aux=None)
+    options = {} if options is None else options
+    y0 = jax.lax.stop_gradient(y0)
+    inputs = (problem, solver, y0, jax.lax.stop_gradient(options))
+    default_solver = problem.adjoint_solver(y0)
+    y, (state, result, stats) = adjoint.apply(
+        fn_primal, fn_rewrite, inputs, problem.tags, default_solver, throw
+    )
+    checked = problem.validate()
+    result = RESULTS.where(checked == RESULTS.successful, result, checked)
+    return apply_throw(Solution(value=y, result=result, stats=stats, state=state), throw)
 
 
 def closure_convert(fn: Callable, y0: PyTree[Array], args: Any) -> Callable:
-    """Hoist the arrays `fn(y, args)` closes over into leaves, so they get derivatives."""
+    """Hoist the arrays `fn(y, args)` closes over into leaves, so they get derivatives and
+    are not baked into the compiled program as constants."""
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(y, args); got {type(fn).__name__}.")
     return eqx.filter_closure_convert(fn, y0, args)
 
 
-def run_entry_point(
-    solver, fn, y0, args, *, tol, max_steps, adjoint, throw, progress, optimality, tags, name, check
-):
+def with_tol(solver: Any, tol: Any, default: float) -> Any:
+    """`solver` with its `tol` set: the entry point's `tol` when given, else the solver's own,
+    else the family's default for the dtype. A Python float becomes an array (new values do
+    not recompile)."""
+    tol = solver.tol if tol is None else tol
+    tol = default if tol is None else tol
+    check_tol(tol)
+    return eqx.tree_at(lambda s: s.tol, solver, jnp.asarray(tol), is_leaf=lambda x: x is None)
+
+
+def run_entry_point(problem_cls, solver, fn, y0, args, *, tol, max_steps, adjoint, throw,
+                    progress, name, check):
     """The body of `minimise`, `root_find` and `fixed_point`: argument checks, then one jitted
     solve. Python floats in `args` and `tol` become arrays, so new values never recompile."""
-    check_tol(tol)
     check_max_steps(max_steps)
-    args, tol = floats_to_arrays((args, tol))
+    check_float_tree(y0, "y0")
+    y0 = jax.tree_util.tree_map(jnp.asarray, y0)
+    solver = with_tol(solver, tol, problem_cls.default_tol(float_dtype(y0)))
+    args = floats_to_arrays(args)
     return _run_jitted(
-        solver,
-        fn,
-        y0,
-        args,
-        tol,
-        max_steps,
-        adjoint,
-        throw,
-        progress,
-        optimality=optimality,
-        tags=tags,
-        name=name,
-        check=check,
+        problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name, check
     )
 
 
 @eqx.filter_jit
-def _run_jitted(
-    solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, *, optimality, tags, name, check
-):
+def _run_jitted(problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name,
+                check):
     # Checks of `fn` run at trace time only: once per compilation, never on a cache hit.
-    check_float_tree(y0, "y0")
     if not callable(fn):
         raise TypeError(f"{name}'s `fn` must be callable as fn(y, args); got {type(fn).__name__}.")
     check(fn, y0, args)
-    fn = closure_convert(fn, y0, args)
-    sol = iterative_solve(
+    problem = problem_cls(closure_convert(fn, y0, args), args)
+    return iterative_solve(
+        problem,
         solver,
-        fn,
         y0,
-        args,
-        optimality=optimality,
-        tags=tags,
-        tol=tol,
         max_steps=max_steps,
         adjoint=adjoint,
+        throw=throw,
         progress=progress,
         name=name,
     )
-    return apply_throw(sol, throw)

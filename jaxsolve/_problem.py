@@ -1,0 +1,141 @@
+"""The typed problems of the core families: what a solver receives, and the optimality function
+that the implicit adjoint differentiates.
+
+User functions are closure-converted before they are put in a problem (see
+`closure_convert`), so arrays they close over are pytree leaves: differentiable inputs, not
+compile-time constants.
+"""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree, Scalar
+
+from ._solution import RESULTS
+
+HESSIAN_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+
+
+class AbstractProblem(eqx.Module):
+    """Base class of the problems solvers receive.
+
+    A problem carries its family's `optimality(y)` (zero exactly at a solution: the one
+    function `js.ImplicitAdjoint` differentiates), the lineax `tags` of its Jacobian, the
+    default linear solver of the implicit derivative, the family's default tolerance and the
+    name of its error measure in `Solution.stats`, and `validate()`: value checks of its data
+    as a result code (`successful` when the data are fine).
+    """
+
+    error_name: ClassVar[str] = "error"
+    tags: ClassVar[frozenset] = frozenset()
+
+    def optimality(self, y: PyTree[Array]) -> PyTree[Array]:
+        raise NotImplementedError
+
+    def adjoint_solver(self, y: PyTree[Array]) -> lx.AbstractLinearSolver:
+        """The default linear solver of `js.ImplicitAdjoint()` for this problem."""
+        return lx.AutoLinearSolver(well_posed=None)
+
+    def validate(self) -> RESULTS:
+        return RESULTS.successful  # pyright: ignore[reportReturnType]
+
+
+def float_dtype(tree: Any):
+    """The floating dtype a problem computes in: the widest of `tree`'s inexact leaves."""
+    leaves = [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array_like(x)]
+    if not leaves:
+        return jnp.result_type(float)
+    return jnp.result_type(*leaves)
+
+
+def default_tol(dtype, tol64: float, tol32: float) -> float:
+    """A family's default tolerance for `dtype` (16- and 32-bit floats get `tol32`)."""
+    return tol64 if jnp.finfo(dtype).bits > 32 else tol32
+
+
+class MinimiseProblem(AbstractProblem):
+    """`min_y fn(y, args)`; optimality `∇_y fn(y, args) = 0` (its Jacobian, the Hessian, is
+    tagged symmetric positive semidefinite). Error measure: `‖∇_y fn‖₂`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    problem = js.MinimiseProblem(lambda y, a: jnp.sum((y - a) ** 2), jnp.ones(2))
+    assert jnp.allclose(problem.optimality(jnp.zeros(2)), -2.0)
+    ```
+    """
+
+    fn: Callable[[PyTree[Array], Any], Scalar]
+    args: Any
+    tags: ClassVar[frozenset] = HESSIAN_TAGS
+
+    def optimality(self, y):
+        return jax.grad(self.fn)(y, self.args)
+
+    def value_and_grad(self, y):
+        return jax.value_and_grad(self.fn)(y, self.args)
+
+    @staticmethod
+    def default_tol(dtype) -> float:
+        return default_tol(dtype, 1e-6, 1e-4)
+
+
+class RootProblem(AbstractProblem):
+    """`fn(y, args) = 0`, `fn` mapping `y` to a pytree of the same structure; optimality
+    `fn(y, args)`. Error measure: `‖fn(y, args)‖₂`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    problem = js.RootProblem(lambda y, a: y**2 - a, 4.0)
+    assert problem.optimality(jnp.array(2.0)) == 0.0
+    ```
+    """
+
+    fn: Callable[[PyTree[Array], Any], PyTree[Array]]
+    args: Any
+
+    def optimality(self, y):
+        return self.fn(y, self.args)
+
+    @staticmethod
+    def default_tol(dtype) -> float:
+        return default_tol(dtype, 1e-8, 1e-5)
+
+
+class FixedPointProblem(AbstractProblem):
+    """`y = fn(y, args)`; optimality `y − fn(y, args)` (so the implicit derivative solves with
+    `I − ∂fn/∂y`, and `js.Neumann(alpha=1)` is the series `Σ (∂fn/∂y)^k`). Error measure:
+    `‖fn(y, args) − y‖₂`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    problem = js.FixedPointProblem(lambda y, a: 0.5 * y + a, 1.0)
+    assert problem.optimality(jnp.array(2.0)) == 0.0
+    ```
+    """
+
+    fn: Callable[[PyTree[Array], Any], PyTree[Array]]
+    args: Any
+
+    def optimality(self, y):
+        return jtu.tree_map(jnp.subtract, y, self.fn(y, self.args))
+
+    @staticmethod
+    def default_tol(dtype) -> float:
+        return default_tol(dtype, 1e-8, 1e-5)
