@@ -24,7 +24,7 @@ class AndersonMixer(eqx.Module):
         shape = (self.memory,) + x.shape
         return jnp.zeros(shape, x.dtype), jnp.zeros(shape, x.dtype), jnp.array(0, jnp.int32)
 
-    def update(self, hist, x: Array, tx: Array, mixing=1.0):
+    def update(self, hist, x: Array, tx: Array, mixing: float | Array = 1.0):
         """Record `(x, T(x))`; return the extrapolated next iterate and the new history."""
         images, residuals, count = hist
         m = self.memory
@@ -36,20 +36,25 @@ class AndersonMixer(eqx.Module):
         valid = jnp.arange(m) < count
         R = jnp.where(valid[:, None], residuals, 0.0)
         gram = R @ R.T
-        scale = jnp.max(jnp.diag(gram))
+        # Jacobi scaling: residual norms span many orders of magnitude along a solve, and the
+        # scaled Gram matrix keeps only the conditioning of their directions.
+        d = jnp.diag(gram)
+        live = valid & (d > jnp.finfo(x.dtype).tiny)
+        s = jnp.where(live, 1 / jnp.sqrt(jnp.where(live, d, 1.0)), 0.0)
         rel = self.regularisation
         if rel is None:
-            rel = 1e-4 if jnp.finfo(x.dtype).bits <= 32 else 1e-10
-        # All residuals zero (at a fixed point): any α works; use the identity so that the
-        # solve, and its derivative, stay finite.
-        degenerate = ~(scale > jnp.finfo(x.dtype).tiny)
-        reg = jnp.asarray(rel, x.dtype) * scale
+            rel = 1e-4 if jnp.finfo(x.dtype).bits <= 32 else 1e-12
         eye = jnp.eye(m, dtype=x.dtype)
-        gram = jnp.where(degenerate, eye, gram + reg * eye)
-        gram = jnp.where(valid[:, None] & valid[None, :], gram, eye)
-        alpha = jnp.linalg.solve(gram, valid.astype(x.dtype))
-        alpha = jnp.where(valid, alpha, 0.0)
-        alpha = alpha / jnp.sum(alpha)
+        both = live[:, None] & live[None, :]
+        scaled = jnp.where(both, s[:, None] * gram * s[None, :], eye)
+        # No live residual (at a fixed point, or no history): the plain step. Masked entries
+        # are the identity, so the solve and its derivative stay finite.
+        beta = jnp.linalg.solve(scaled + jnp.asarray(rel, x.dtype) * eye, s)
+        alpha = jnp.where(live, s * beta, 0.0)
+        total = jnp.sum(alpha)
+        plain = (jnp.arange(m) == slot).astype(x.dtype)
+        ok = jnp.any(live) & (total != 0)
+        alpha = jnp.where(ok, alpha / jnp.where(ok, total, 1.0), plain)
         x_new = alpha @ images - (1 - mixing) * (alpha @ residuals)
         return x_new, (images, residuals, count)
 

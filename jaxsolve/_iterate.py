@@ -51,8 +51,21 @@ def tree_norm(tree: PyTree) -> Scalar:
 
 
 def converged_by(err: Scalar, tol: Any) -> tuple[Bool[Array, ""], RESULTS]:
-    """The common stopping rule: done once `err <= tol` (successful) or `err` is not finite
-    (`nonfinite`)."""
+    """The common stopping rule for `terminate`: done once `err <= tol` (successful) or `err`
+    is not finite (`nonfinite`).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import jaxsolve as js
+
+    done, result = js.converged_by(jnp.array(1e-9), 1e-8)
+    assert done and result == js.RESULTS.successful
+    done, result = js.converged_by(jnp.array(jnp.nan), 1e-8)
+    assert done and result == js.RESULTS.nonfinite
+    ```
+    """
     finite = jnp.isfinite(err)
     done = (err <= tol) | ~finite
     return done, RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite)
@@ -101,9 +114,7 @@ class AbstractIterativeSolver(eqx.Module, Generic[_Problem, _Y, _State]):
         """One iteration."""
 
     @abc.abstractmethod
-    def terminate(
-        self, problem: _Problem, y: _Y, state: _State
-    ) -> tuple[Bool[Array, ""], RESULTS]:
+    def terminate(self, problem: _Problem, y: _Y, state: _State) -> tuple[Bool[Array, ""], RESULTS]:
         """`(done, result)`: whether to stop, and why (meaningful only when `done`)."""
 
     def postprocess(self, problem: _Problem, y: _Y, state: _State) -> tuple[_Y, dict[str, Array]]:
@@ -143,9 +154,14 @@ def make_progress(
     )
 
 
+def _newline(*_) -> None:
+    sys.stderr.write("\n")
+
+
 def end_progress(callback: Callable | None, token: Array) -> None:
+    """End the progress bar's line once the loop is over (no-op without progress)."""
     if callback is not None:
-        jax.debug.callback(lambda *_: sys.stderr.write("\n"), token)
+        jax.debug.callback(_newline, token)
 
 
 def run_loop(
@@ -180,11 +196,10 @@ def run_loop(
         done, result = solver.terminate(problem, y, state)
         num_steps = num_steps + 1
         if progress is not None:
+            report = progress
             jax.lax.cond(
                 (num_steps % every == 0) | done,
-                lambda: jax.debug.callback(
-                    progress, num_steps, solver.error(problem, y, state)
-                ),
+                lambda: jax.debug.callback(report, num_steps, solver.error(problem, y, state)),
                 lambda: None,
             )
         return y, state, num_steps, done, result

@@ -8,7 +8,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import lineax as lx
 import optax
 from jaxtyping import Array, PyTree, Scalar
 
@@ -67,11 +66,13 @@ class GradientDescent(AbstractMinimiser):
     tol: float | Array | None = None
 
     def init(self, problem, y, options):
-        return _GradState(*problem.value_and_grad(y), None)
+        value, grad = problem.value_and_grad(y)
+        return _GradState(value, grad, None)
 
     def step(self, problem, y, state):
         y = jtu.tree_map(lambda yi, gi: yi - self.learning_rate * gi, y, state.grad)
-        return y, _GradState(*problem.value_and_grad(y), None)
+        value, grad = problem.value_and_grad(y)
+        return y, _GradState(value, grad, None)
 
 
 class _AbstractOptaxBased(AbstractMinimiser):

@@ -108,7 +108,7 @@ class Newton(AbstractRootFinder):
 
     def init(self, problem, y, options):
         f = problem.fn(y, problem.args)
-        return _NewtonState(f, jnp.array(0, jnp.int32), RESULTS.successful)
+        return _NewtonState(f, jnp.array(0, jnp.int32), RESULTS.successful)  # pyright: ignore[reportArgumentType]
 
     def step(self, problem, y, state):
         jac = lx.JacobianLinearOperator(problem.fn, y, problem.args)
@@ -276,7 +276,8 @@ class AndersonFixedPoint(AbstractFixedPointSolver):
 
     **Arguments:**
 
-    - `history`: number of past iterates combined (default 5).
+    - `history`: number of past differences of iterates used (default 5; `history + 1`
+      iterates are combined).
     - `mixing`: `β`, the damping of the extrapolated step (default 1).
     - `regularisation`: Tikhonov term relative to the largest squared residual norm
       (default `None`: 1e-10 in float64, 1e-4 in float32).
@@ -306,7 +307,8 @@ class AndersonFixedPoint(AbstractFixedPointSolver):
             )
 
     def _mixer(self):
-        return AndersonMixer(self.history, self.regularisation)
+        # `history` differences of iterates are `history + 1` residuals.
+        return AndersonMixer(self.history + 1, self.regularisation)
 
     def init(self, problem, y, options):
         flat, _ = ravel_pytree(y)

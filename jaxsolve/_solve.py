@@ -117,8 +117,9 @@ def with_tol(solver: Any, tol: Any, default: float) -> Any:
     return eqx.tree_at(lambda s: s.tol, solver, jnp.asarray(tol), is_leaf=lambda x: x is None)
 
 
-def run_entry_point(problem_cls, solver, fn, y0, args, *, tol, max_steps, adjoint, throw,
-                    progress, name, check):
+def run_entry_point(
+    problem_cls, solver, fn, y0, args, *, tol, max_steps, adjoint, throw, progress, name, check
+):
     """The body of `minimise`, `root_find` and `fixed_point`: argument checks, then one jitted
     solve. Python floats in `args` and `tol` become arrays, so new values never recompile."""
     check_max_steps(max_steps)
@@ -132,8 +133,9 @@ def run_entry_point(problem_cls, solver, fn, y0, args, *, tol, max_steps, adjoin
 
 
 @eqx.filter_jit
-def _run_jitted(problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name,
-                check):
+def _run_jitted(
+    problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name, check
+):
     # Checks of `fn` run at trace time only: once per compilation, never on a cache hit.
     if not callable(fn):
         raise TypeError(f"{name}'s `fn` must be callable as fn(y, args); got {type(fn).__name__}.")

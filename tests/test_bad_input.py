@@ -22,7 +22,7 @@ def test_integer_initial_point_is_rejected():
 
 def test_wrong_solver_kind():
     with pytest.raises(TypeError, match="minimise's `solver`"):
-        js.minimise(quad, jnp.zeros(3), jnp.ones(3), solver=js.Anderson())
+        js.minimise(quad, jnp.zeros(3), jnp.ones(3), solver=js.AndersonFixedPoint())
     with pytest.raises(TypeError, match="fixed_point's `solver`"):
         js.fixed_point(lambda y, _: y, jnp.zeros(3), solver=js.LBFGS())
     with pytest.raises(TypeError, match="adjoint"):
@@ -46,7 +46,7 @@ def test_map_with_wrong_output_shape():
 
 def test_bad_solver_parameters():
     with pytest.raises(ValueError):
-        js.Anderson(history=0)
+        js.AndersonFixedPoint(history=0)
     with pytest.raises(ValueError):
         js.Neumann(steps=0)
     with pytest.raises(ValueError):

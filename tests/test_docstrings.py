@@ -18,8 +18,6 @@ def _public_objects():
             obj = getattr(mod, name)
             if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
                 continue
-            if name.startswith("Abstract") or name == "RESULTS":
-                continue
             seen[f"{mod.__name__}.{name}"] = obj
     return seen
 
@@ -36,6 +34,9 @@ def _examples(obj):
 @pytest.mark.parametrize("name", sorted(OBJECTS))
 def test_public_name_has_runnable_example(name):
     blocks = _examples(OBJECTS[name])
-    assert blocks, f"{name} has no ```python example in its docstring"
+    # Abstract bases need an example only when they are an extension point users subclass
+    # (those have one); the rest document their methods instead.
+    if not name.split(".")[-1].startswith("Abstract"):
+        assert blocks, f"{name} has no ```python example in its docstring"
     for block in blocks:
         exec(compile(block, f"<docstring of {name}>", "exec"), {})

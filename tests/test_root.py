@@ -31,7 +31,7 @@ def contraction(h, theta):
     return 0.5 * jnp.tanh(h) + theta
 
 
-@pytest.mark.parametrize("solver", [js.Anderson(), js.FixedPointIteration(damping=0.8)])
+@pytest.mark.parametrize("solver", [js.AndersonFixedPoint(), js.FixedPointIteration(damping=0.8)])
 def test_fixed_point_and_jacobian(solver):
     theta = jnp.array([0.3, -0.2, 1.0])
     sol = js.fixed_point(contraction, jnp.zeros(3), theta, solver=solver, tol=1e-12)
@@ -55,9 +55,9 @@ def test_anderson_step_counts():
         T, jnp.zeros(20), b, solver=js.FixedPointIteration(), tol=1e-10, max_steps=5000
     )
     assert int(plain.stats["num_steps"]) > 400
-    short = js.fixed_point(T, jnp.zeros(20), b, solver=js.Anderson(history=10), tol=1e-10)
+    short = js.fixed_point(T, jnp.zeros(20), b, solver=js.AndersonFixedPoint(history=10), tol=1e-10)
     assert int(short.stats["num_steps"]) * 5 < int(plain.stats["num_steps"])
-    full = js.fixed_point(T, jnp.zeros(20), b, solver=js.Anderson(history=20), tol=1e-10)
+    full = js.fixed_point(T, jnp.zeros(20), b, solver=js.AndersonFixedPoint(history=20), tol=1e-10)
     assert int(full.stats["num_steps"]) <= 21
     assert jnp.allclose(full.value, exact, atol=1e-12)
 
@@ -86,3 +86,41 @@ def test_fixed_point_with_gmres_and_neumann_adjoints():
         ).value.sum()
     )(b)
     assert jnp.allclose(unrolled, base, atol=1e-9)
+
+
+class _Bisection(js.AbstractRootFinder):
+    """A user's own root finder for scalar increasing F: bisection on [lo, hi], no derivatives
+    of its own. It runs through js.root_find and gets implicit derivatives."""
+
+    lo: float = -10.0
+    hi: float = 10.0
+    tol: float | None = None
+
+    def init(self, problem, y, options):
+        return jnp.asarray(self.lo, y.dtype), jnp.asarray(self.hi, y.dtype)
+
+    def step(self, problem, y, state):
+        lo, hi = state
+        mid = 0.5 * (lo + hi)
+        up = problem.fn(mid, problem.args) > 0
+        lo, hi = jnp.where(up, lo, mid), jnp.where(up, mid, hi)
+        return 0.5 * (lo + hi), (lo, hi)
+
+    def error(self, problem, y, state):
+        return jnp.abs(problem.fn(y, problem.args))
+
+
+def test_user_written_root_finder_gets_implicit_derivatives():
+    F = lambda y, a: y**3 + y - a  # increasing: one real root
+    solve = lambda a: js.root_find(F, jnp.array(0.0), a, solver=_Bisection(), tol=1e-12).value
+    a = 3.0
+    y = solve(a)
+    assert abs(F(y, a)) < 1e-11
+    # implicit function theorem by hand: dy/da = 1 / (3 y² + 1)
+    assert jnp.allclose(jax.grad(solve)(a), 1 / (3 * y**2 + 1), rtol=1e-8)
+    _, tangent = jax.jvp(solve, (a,), (1.0,))
+    assert jnp.allclose(tangent, 1 / (3 * y**2 + 1), rtol=1e-8)
+    ys = jax.vmap(solve)(jnp.array([0.0, 2.0, 10.0]))
+    assert jnp.allclose(ys, jnp.array([0.0, 1.0, 2.0]), atol=1e-10)
+    with pytest.raises(TypeError, match="AbstractRootFinder"):
+        js.root_find(F, jnp.array(0.0), a, solver=js.LBFGS())

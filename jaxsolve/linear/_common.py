@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Scalar
 
-from .._iterate import AbstractIterativeSolver, iterate
+from .._iterate import AbstractIterativeSolver, run_loop
 from .._solution import RESULTS
 
 
@@ -51,15 +51,55 @@ def safe_norm_b(b: Array) -> Scalar:
     return jnp.where(nb > 0, nb, jnp.ones_like(nb))
 
 
-class LinearIteration(AbstractIterativeSolver):
+class LinearIteration(eqx.Module):
     """Base of the inner iterations: `fn` is the operator, `args` is `(b, norm_b)`; the state
-    carries the residual norm so the error costs nothing extra."""
+    carries the residual norm so the error costs nothing extra.
+
+    TEMPORARY: the old `(fn, y, args, state)` interface, run through `_Legacy` on the new
+    protocol until the linear family moves onto it."""
 
     def error(self, fn, y, args, state) -> Scalar:
         return state.res_norm / args[1]
 
     def stats(self, state) -> dict[str, Array]:
         return {"num_matvecs": state.num_matvecs}
+
+
+class _Legacy(AbstractIterativeSolver):
+    it: Any
+    fn: Any
+    args: Any
+    tol: Any
+
+    def init(self, problem, y, options):
+        return self.it.init(self.fn, y, self.args), RESULTS.successful
+
+    def step(self, problem, y, state):
+        y, s, res = self.it.step(self.fn, y, self.args, state[0])
+        return y, (s, res)
+
+    def terminate(self, problem, y, state):
+        err = self.it.error(self.fn, y, self.args, state[0])
+        failed = state[1] != RESULTS.successful
+        done = (err <= self.tol) | ~jnp.isfinite(err) | failed
+        return done, RESULTS.where(
+            failed,
+            state[1],
+            RESULTS.where(jnp.isfinite(err), RESULTS.successful, RESULTS.nonfinite),
+        )
+
+    def error(self, problem, y, state):
+        return self.it.error(self.fn, y, self.args, state[0])
+
+    def postprocess(self, problem, y, state):
+        return y, self.it.stats(state[0])
+
+
+def iterate(iteration, fn, y0, args, *, tol, max_steps):
+    y, state, result, stats = run_loop(
+        None, _Legacy(iteration, fn, args, tol), y0, max_steps=max_steps, options={}
+    )
+    return y, state[0], result, stats
 
 
 def run_iteration(

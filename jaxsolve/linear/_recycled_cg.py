@@ -8,9 +8,8 @@ import lineax as lx
 from jaxtyping import Array, Scalar
 
 from .._checks import check_max_steps, check_tol
-from .._iterate import iterate
 from .._solution import RESULTS, Solution
-from ._common import LinearIteration, safe_norm_b
+from ._common import LinearIteration, iterate, safe_norm_b
 from ._solve import as_operator
 
 

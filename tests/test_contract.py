@@ -1,0 +1,183 @@
+"""The reliability contract, checked the same way for every solver of every family.
+
+For each case: a solve under `jit`; a `vmap` over a batch with one bad member (NaN data, or an
+invalid value), whose good members give exactly their unbatched answers and whose bad member
+gets the expected result code; `jax.grad` with `throw=False` over that batch, which never
+raises; `throw=True` on the bad member, which raises; and new data of the same shape, which
+compiles nothing.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxsolve as js
+
+R = js.RESULTS
+N = 4
+
+
+def _data(key, bad):
+    """A well-posed problem's data; `bad` puts a NaN in it."""
+    k1, k2 = jax.random.split(key)
+    M = jax.random.normal(k1, (N, N)) / jnp.sqrt(N)
+    A = M @ M.T + jnp.eye(N)  # symmetric positive definite, well conditioned
+    b = jax.random.normal(k2, (N,))
+    return A, jnp.where(bad, b.at[0].set(jnp.nan), b)
+
+
+def _minimise(solver, **kw):
+    def solve(data, throw):
+        A, b = data
+        fn = lambda y, d: 0.5 * y @ d[0] @ y - d[1] @ y
+        return js.minimise(fn, jnp.zeros(N), (A, b), solver=solver, throw=throw, **kw)
+
+    return solve
+
+
+def _root(solver):
+    def solve(data, throw):
+        fn = lambda y, d: d[0] @ y + 0.1 * jnp.tanh(y) - d[1]
+        return js.root_find(fn, jnp.zeros(N), data, solver=solver, throw=throw)
+
+    return solve
+
+
+def _fixed_point(solver, **kw):
+    def solve(data, throw):
+        A, b = data
+        T = lambda y, d: 0.5 * jnp.tanh(d[0] @ y / jnp.linalg.norm(d[0])) + d[1]
+        return js.fixed_point(T, jnp.zeros(N), (A, b), solver=solver, throw=throw, **kw)
+
+    return solve
+
+
+def _linear(solver):
+    def solve(data, throw):
+        A, b = data
+        return js.linear.solve(A, b, solver=solver, throw=throw)
+
+    return solve
+
+
+def _ot(solver):
+    def solve(data, throw):
+        A, b = data
+        x = jnp.stack([b, jnp.arange(N, dtype=b.dtype)], axis=1)
+        y = A[:, :2]
+        return js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.5), solver=solver, throw=throw)
+
+    return solve
+
+
+def _hypergradient(estimator, **kw):
+    def solve(data, throw):
+        A, b = data
+        inner = lambda th, y, d: 0.5 * y @ d[0] @ y - (d[1] + th) @ y
+        outer = lambda th, y, _: jnp.sum(y**2)
+        return js.bilevel.hypergradient(
+            outer,
+            inner,
+            jnp.zeros(N),
+            jnp.zeros(N),
+            None,
+            data,
+            estimator=estimator,
+            throw=throw,
+            **kw,
+        )
+
+    return solve
+
+
+def _value(sol):
+    leaves = jax.tree_util.tree_leaves(sol.value)
+    return sum(jnp.sum(leaf) for leaf in leaves)
+
+
+CASES = {  # built lazily, so that one family's construction error fails only its cases
+    "minimise-LBFGS": lambda: _minimise(js.LBFGS()),
+    "minimise-GradientDescent": lambda: _minimise(js.GradientDescent(0.3), max_steps=2000),
+    "root_find-Newton": lambda: _root(js.Newton()),
+    "fixed_point-Anderson": lambda: _fixed_point(js.AndersonFixedPoint()),
+    "fixed_point-Iteration": lambda: _fixed_point(js.FixedPointIteration(), max_steps=2000),
+    "linear-CG": lambda: _linear(js.linear.CG(tol=1e-8)),
+    "linear-GMRES": lambda: _linear(js.linear.GMRES(tol=1e-8)),
+    "linear-BiCGStab": lambda: _linear(js.linear.BiCGStab(tol=1e-8)),
+    "linear-SOR": lambda: _linear(js.linear.SOR(omega=1.2, tol=1e-8)),
+    "ot-Sinkhorn": lambda: _ot(js.ot.Sinkhorn()),
+    "ot-SparseNewton": lambda: _ot(js.ot.SparseNewton(tol=1e-8)),
+    "bilevel-Implicit": lambda: _hypergradient(js.bilevel.Implicit()),
+    "bilevel-Unrolled": lambda: _hypergradient(
+        js.bilevel.Unrolled(), inner_solver=js.GradientDescent(0.3), inner_max_steps=300
+    ),
+}
+
+KEYS = jax.random.split(jax.random.PRNGKey(0), 3)
+BAD = jnp.array([False, True, False])
+
+
+def _batch():
+    data = [_data(k, bad) for k, bad in zip(KEYS, BAD)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *data)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    return request.param, CASES[request.param]()
+
+
+def test_jit_vmap_one_bad_member(case):
+    name, solve = case
+    batch = _batch()
+    sols = jax.jit(jax.vmap(lambda d: solve(d, False)))(batch)
+    ok = sols.result == R.successful
+    for i in (0, 2):
+        alone = jax.jit(lambda d: solve(d, False))(jax.tree_util.tree_map(lambda x: x[i], batch))
+        assert alone.result == R.successful, (name, R[alone.result])
+        assert ok[i], name
+        for a, b in zip(
+            jax.tree_util.tree_leaves(alone.value), jax.tree_util.tree_leaves(sols.value)
+        ):
+            assert jnp.allclose(a, b[i], rtol=1e-6, atol=1e-9), name
+    assert (sols.result == R.nonfinite)[1], name
+
+
+def test_grad_with_throw_false_never_raises(case):
+    name, solve = case
+    batch = _batch()
+
+    def loss(b, A):
+        return _value(solve((A, b), False))
+
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(batch[1], batch[0])
+    assert jnp.all(jnp.isfinite(grads[0])) and jnp.all(jnp.isfinite(grads[2])), name
+
+
+def test_throw_true_raises_on_a_bad_member(case):
+    name, solve = case
+    bad = _data(KEYS[1], True)
+    with pytest.raises(Exception, match="NaN|nonfinite|inf"):
+        jax.block_until_ready(jax.jit(lambda d: solve(d, True))(bad).value)
+
+
+def test_new_data_compiles_nothing(case):
+    name, solve = case
+    f = jax.jit(lambda d: solve(d, False).result)
+    f(_data(KEYS[0], False))
+    f(_data(KEYS[2], False))
+    assert f._cache_size() == 1
+
+
+def test_unrolled_anderson_is_finite_when_residual_differences_vanish():
+    # The second coordinate is at its fixed point after one step, so every later residual
+    # difference is exactly zero there. Unrolled derivatives through Anderson's mixing must
+    # stay finite and equal the implicit ones: d/dt of y1* = 2t is 2.
+    T = lambda y, t: jnp.stack([0.5 * y[0] + t, jnp.ones_like(t)])
+    grads = [
+        jax.grad(lambda t: js.fixed_point(T, jnp.zeros(2), t, adjoint=adjoint, tol=1e-12).value[0])(
+            1.0
+        )
+        for adjoint in (js.UnrollAdjoint(), js.ImplicitAdjoint())
+    ]
+    assert jnp.allclose(grads[0], 2.0) and jnp.allclose(grads[1], 2.0), grads
