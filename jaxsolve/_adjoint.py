@@ -163,10 +163,12 @@ class ImplicitAdjoint(AbstractAdjoint):
     - `linear_solver`: a lineax solver for that Jacobian, e.g. `lx.CG(rtol=1e-8, atol=1e-8)`
       (symmetric positive definite problems, matrix-free), `lx.GMRES(...)`, `lx.LU()`,
       `js.Neumann(steps, alpha)`, or jaxsolve's own `js.linear` solvers. `None` (default)
-      lets each problem family choose (its problem's `adjoint_solver`): a dense direct solve
-      (`lx.AutoLinearSolver`) for `minimise` / `root_find` / `fixed_point`, matrix-free CG
-      for optimal transport. With `throw=False` in the entry point, a derivative solve that
-      fails returns its last iterate instead of raising.
+      lets each problem family choose (its problem's `adjoint_solver`): for `minimise`,
+      `root_find` and `fixed_point` a dense direct solve up to 256 unknowns, and above that
+      matrix-free `lx.CG` on the Hessian (`minimise`) or `lx.GMRES` (the others), with
+      tolerances float32 can reach; matrix-free CG for optimal transport. With
+      `throw=False` in the entry point, a derivative solve that fails returns its last
+      iterate instead of raising.
 
     **Example:**
 

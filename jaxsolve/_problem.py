@@ -57,6 +57,30 @@ def float_dtype(tree: Any):
     return jnp.result_type(*leaves)
 
 
+# Below this many unknowns the implicit derivative materialises the Jacobian and solves it
+# directly (a few batched Jacobian-vector products and one small factorisation beat a Krylov
+# loop there); above it, the solve is matrix-free.
+DENSE_ADJOINT_MAX_SIZE = 256
+
+
+def tree_size(tree: Any) -> int:
+    return sum(int(jnp.size(x)) for x in jtu.tree_leaves(tree))
+
+
+def krylov_adjoint(y: Any, symmetric: bool) -> lx.AbstractLinearSolver:
+    """The default linear solver of an implicit derivative: dense and direct for small `y`;
+    matrix-free CG (symmetric positive definite Jacobians) or GMRES otherwise, with
+    tolerances that the dtype of `y` can reach."""
+    if tree_size(y) <= DENSE_ADJOINT_MAX_SIZE:
+        return lx.AutoLinearSolver(well_posed=None)
+    f64 = jnp.finfo(float_dtype(y)).bits > 32
+    # float32 Hessian-vector products carry relative errors near 1e-6: 1e-4 is reachable.
+    rtol, atol = (1e-10, 1e-12) if f64 else (1e-4, 1e-6)
+    if symmetric:
+        return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y))
+    return lx.GMRES(rtol=rtol, atol=atol, restart=40, max_steps=10 * tree_size(y))
+
+
 def default_tol(dtype, tol64: float, tol32: float) -> float:
     """A family's default tolerance for `dtype` (16- and 32-bit floats get `tol32`)."""
     return tol64 if jnp.finfo(dtype).bits > 32 else tol32
@@ -87,6 +111,9 @@ class MinimiseProblem(AbstractProblem):
     def value_and_grad(self, y):
         return jax.value_and_grad(self.fn)(y, self.args)
 
+    def adjoint_solver(self, y):
+        return krylov_adjoint(y, symmetric=True)
+
     @staticmethod
     def default_tol(dtype) -> float:
         return default_tol(dtype, 1e-6, 1e-4)
@@ -112,6 +139,9 @@ class RootProblem(AbstractProblem):
 
     def optimality(self, y):
         return self.fn(y, self.args)
+
+    def adjoint_solver(self, y):
+        return krylov_adjoint(y, symmetric=False)
 
     @staticmethod
     def default_tol(dtype) -> float:
@@ -139,6 +169,9 @@ class FixedPointProblem(AbstractProblem):
 
     def optimality(self, y):
         return jtu.tree_map(jnp.subtract, y, self.fn(y, self.args))
+
+    def adjoint_solver(self, y):
+        return krylov_adjoint(y, symmetric=False)
 
     @staticmethod
     def default_tol(dtype) -> float:

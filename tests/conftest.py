@@ -1,10 +1,12 @@
-"""Shared test setup: float64 on, a seeded key, and small helpers."""
+"""Shared test setup: float64 on (unless JAXSOLVE_TEST_X64=0: the float32 pass, see
+tests/test_float32.py), a seeded key, and small helpers."""
 
 import os
 
 import jax
 
-jax.config.update("jax_enable_x64", True)
+X64 = os.environ.get("JAXSOLVE_TEST_X64", "1") != "0"
+jax.config.update("jax_enable_x64", X64)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax.numpy as jnp  # noqa: E402

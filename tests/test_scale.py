@@ -1,0 +1,77 @@
+"""Inner problems the size of a network's weights, in both dtypes: the default implicit adjoint
+is matrix-free above a small size, reaches its tolerance in float32, and `js.minimise` works over
+an equinox model's parameters (`eqx.partition`), with derivatives through it."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+import jaxsolve as js
+
+F32 = not jax.config.read("jax_enable_x64")
+
+
+def test_default_adjoint_is_dense_only_for_small_problems():
+    small, large = jnp.zeros(8), {"w": jnp.zeros((30, 30)), "b": jnp.zeros(30)}
+    problem = js.MinimiseProblem(lambda y, _: 0.0, None)
+    assert isinstance(problem.adjoint_solver(small), lx.AutoLinearSolver)
+    assert isinstance(problem.adjoint_solver(large), lx.CG)
+    root = js.RootProblem(lambda y, _: y, None)
+    assert isinstance(root.adjoint_solver(large), lx.GMRES)
+
+
+def test_ridge_hypergradient_with_the_default_adjoint_matches_the_closed_form():
+    # The per-feature ridge of the benchmarks, at p = 300 unknowns: the default adjoint is CG.
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    n, p = 600, 300
+    X = jax.random.normal(k1, (n, p))
+    t = X @ jax.random.normal(k2, (p,)) + 0.1 * jax.random.normal(k3, (n,))
+    Xv, tv = X[:100], t[:100]
+    inner = lambda w, lam: 0.5 * jnp.mean((X @ w - t) ** 2) + 0.5 * jnp.sum(jnp.exp(lam) * w**2)
+
+    def outer(lam):
+        w = js.minimise(inner, jnp.zeros(p), lam).value
+        return jnp.sum((Xv @ w - tv) ** 2)
+
+    lam = jnp.full(p, -2.0)
+    grad = jax.jit(jax.grad(outer))(lam)
+    H = X.T @ X / n + jnp.diag(jnp.exp(lam))
+    w = jnp.linalg.solve(H, X.T @ t / n)
+    v = jnp.linalg.solve(H, 2 * Xv.T @ (Xv @ w - tv))
+    ref = -jnp.exp(lam) * w * v
+    err = jnp.linalg.norm(grad - ref) / jnp.linalg.norm(ref)
+    assert err < (2e-3 if F32 else 1e-6), err
+
+
+def test_minimise_over_an_equinox_model_and_differentiate_through_it():
+    # Fit a small MLP (321 parameters: the matrix-free adjoint; tanh, so the fit is smooth)
+    # with weight decay exp(log_wd); differentiate a validation loss through the fit.
+    model = eqx.nn.MLP(2, 1, 16, 2, activation=jnp.tanh, key=jax.random.PRNGKey(1))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    x = jax.random.normal(jax.random.PRNGKey(2), (64, 2))
+    y = jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:])
+    xv = jax.random.normal(jax.random.PRNGKey(3), (32, 2))
+    yv = jnp.sin(xv[:, :1]) * jnp.cos(xv[:, 1:])
+
+    def fit_loss(p, log_wd):
+        m = eqx.combine(p, static)
+        l2 = sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(p))
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2) + jnp.exp(log_wd) * l2
+
+    def val_loss(log_wd, adjoint, tol=None):
+        p = js.minimise(fit_loss, params, log_wd, adjoint=adjoint, max_steps=5000, tol=tol).value
+        return jnp.mean((jax.vmap(eqx.combine(p, static))(xv) - yv) ** 2)
+
+    log_wd = jnp.asarray(-1.5)  # enough weight decay that the fit is a strict minimum
+    sol = js.minimise(fit_loss, params, log_wd, max_steps=3000)
+    assert sol.result == js.RESULTS.successful
+    assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)) > 256
+    g = jax.jit(jax.grad(lambda lw: val_loss(lw, js.ImplicitAdjoint())))(log_wd)
+    dense = js.ImplicitAdjoint(lx.AutoLinearSolver(well_posed=None))
+    g_dense = jax.jit(jax.grad(lambda lw: val_loss(lw, dense)))(log_wd)
+    assert jnp.isfinite(g) and jnp.allclose(g, g_dense, rtol=2e-2 if F32 else 1e-6)
+    if not F32:  # central finite differences of the whole fit
+        h, tight = 1e-3, 1e-11  # a tight fit, or its error swamps the difference quotient
+        fd = (val_loss(log_wd + h, dense, tight) - val_loss(log_wd - h, dense, tight)) / (2 * h)
+        assert jnp.allclose(g, fd, rtol=1e-4), (g, fd)
