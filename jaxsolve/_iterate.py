@@ -17,6 +17,7 @@ and the stats together. Nothing here raises on values: failure is a result.
 """
 
 import abc
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
@@ -126,13 +127,22 @@ class AbstractIterativeSolver(eqx.Module, Generic[_Problem, _Y, _State]):
         return tree_norm(problem.optimality(y))  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def _print_progress(step, error, max_steps, name):
-    step = int(step)
-    width = 30
-    filled = min(width, (width * step) // max(max_steps, 1))
-    bar = "#" * filled + "." * (width - filled)
-    sys.stderr.write(f"\r{name} [{bar}] step {step:>7d}/{max_steps}  error {float(error):.3e}")
-    sys.stderr.flush()
+@dataclasses.dataclass(frozen=True)
+class ProgressBar:
+    """A one-line progress bar on stderr, called on the host as `bar(step, error)`. Equal
+    settings compare equal, so passing it to a jitted function again does not recompile."""
+
+    max_steps: int
+    name: str
+
+    def __call__(self, step, error) -> None:
+        step = int(step)
+        width = 30
+        filled = min(width, (width * step) // max(self.max_steps, 1))
+        bar = "#" * filled + "." * (width - filled)
+        msg = f"\r{self.name} [{bar}] step {step:>7d}/{self.max_steps}  error {float(error):.3e}"
+        sys.stderr.write(msg)
+        sys.stderr.flush()
 
 
 def make_progress(
@@ -146,7 +156,7 @@ def make_progress(
     if progress is False or progress is None:
         return None
     if progress is True:
-        return lambda step, error: _print_progress(step, error, max_steps, name)
+        return ProgressBar(max_steps, name)
     if callable(progress):
         return progress
     raise TypeError(

@@ -109,11 +109,10 @@ def closure_convert(fn: Callable, y0: PyTree[Array], args: Any) -> Callable:
 
 def with_tol(solver: Any, tol: Any, default: float) -> Any:
     """`solver` with its `tol` set: the entry point's `tol` when given, else the solver's own,
-    else the family's default for the dtype. A Python float becomes an array (new values do
-    not recompile)."""
+    else the family's default for the dtype. Called inside the jitted entry point, with
+    Python floats already arrays (new values do not recompile)."""
     tol = solver.tol if tol is None else tol
     tol = default if tol is None else tol
-    check_tol(tol)
     return eqx.tree_at(lambda s: s.tol, solver, jnp.asarray(tol), is_leaf=lambda x: x is None)
 
 
@@ -124,19 +123,20 @@ def run_entry_point(
     solve. Python floats in `args` and `tol` become arrays, so new values never recompile."""
     check_max_steps(max_steps)
     check_float_tree(y0, "y0")
-    y0 = jax.tree_util.tree_map(jnp.asarray, y0)
-    solver = with_tol(solver, tol, problem_cls.default_tol(float_dtype(y0)))
-    args = floats_to_arrays(args)
+    check_tol(tol)
+    check_tol(getattr(solver, "tol", None))
+    y0, args, tol = floats_to_arrays((y0, args, tol))
     return _run_jitted(
-        problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name, check
+        problem_cls, solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, name, check
     )
 
 
 @eqx.filter_jit
 def _run_jitted(
-    problem_cls, solver, fn, y0, args, max_steps, adjoint, throw, progress, name, check
+    problem_cls, solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, name, check
 ):
     # Checks of `fn` run at trace time only: once per compilation, never on a cache hit.
+    solver = with_tol(solver, tol, problem_cls.default_tol(float_dtype(y0)))
     if not callable(fn):
         raise TypeError(f"{name}'s `fn` must be callable as fn(y, args); got {type(fn).__name__}.")
     check(fn, y0, args)
