@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, PyTree, Scalar
 
 from ._solution import RESULTS
@@ -47,7 +48,12 @@ class AbstractProblem(eqx.Module):
 
 def float_dtype(tree: Any):
     """The floating dtype a problem computes in: the widest of `tree`'s inexact leaves."""
-    leaves = [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array_like(x)]
+    # (`eqx.is_inexact_array_like` fails on tracers with jax 0.10: test arrays and floats.)
+    leaves = [
+        x
+        for x in jtu.tree_leaves(tree)
+        if eqx.is_inexact_array(x) or isinstance(x, (float, complex, np.inexact))
+    ]
     if not leaves:
         return jnp.result_type(float)
     return jnp.result_type(*leaves)
