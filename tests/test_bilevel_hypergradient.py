@@ -62,7 +62,9 @@ def test_implicit_matches_closed_form(estimator):
     assert hg.result == js.RESULTS.successful
     np.testing.assert_allclose(hg.grad, ridge_closed_form(THETA), rtol=1e-6, atol=1e-9)
     w = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
-    np.testing.assert_allclose(hg.value, ridge_outer(THETA, w, VAL), rtol=1e-9)
+    np.testing.assert_allclose(hg.loss, ridge_outer(THETA, w, VAL), rtol=1e-9)
+    assert isinstance(hg, js.Solution) and hg.grad is hg.value
+    np.testing.assert_allclose(hg.y, w, rtol=1e-8)
 
 
 def test_adjoint_warm_start_matches_and_saves_work():

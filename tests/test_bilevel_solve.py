@@ -100,14 +100,14 @@ def test_algorithm_reaches_known_solution(name):
         outer_args=C,
         inner_args=ZEROS,
     )
-    assert reduced(sol.theta) < reduced(theta0)
-    np.testing.assert_allclose(sol.theta, THETA_STAR, atol=tol)
+    assert reduced(sol.value) < reduced(theta0)
+    np.testing.assert_allclose(sol.value, THETA_STAR, atol=tol)
     for key in ("outer_loss", "inner_residual", "hypergrad_norm", "inner_converged"):
         assert sol.metrics[key].shape == (steps,)
     assert sol.metrics["outer_loss"][-1] < sol.metrics["outer_loss"][0]
     if name in ("aid", "aid_cold_adjoint", "itd"):
         assert sol.result == js.RESULTS.successful
-        np.testing.assert_allclose(sol.y, M @ sol.theta, atol=1e-5)
+        np.testing.assert_allclose(sol.y, M @ sol.value, atol=1e-5)
 
 
 def test_lvhba_coupled_constraint():
@@ -140,7 +140,7 @@ def test_lvhba_coupled_constraint():
         optimiser=optax.sgd(0.1),
         num_steps=2000,
     )
-    np.testing.assert_allclose(sol.theta, 2.0, atol=2e-2)
+    np.testing.assert_allclose(sol.value, 2.0, atol=2e-2)
     np.testing.assert_allclose(sol.y, 2.0, atol=2e-2)
     assert sol.metrics["lower_violation"][-1] < 1e-2
     assert sol.metrics["constraint_violation"].max() < 1e-12  # the projection is exact
@@ -158,12 +158,12 @@ def test_minibatches_equal_fixed_data_when_identical():
     batched = js.bilevel.solve(
         outer, inner, ZEROS, ZEROS, outer_args=batches, batched_args=True, **kw
     )
-    np.testing.assert_allclose(batched.theta, fixed.theta, rtol=1e-12)
+    np.testing.assert_allclose(batched.value, fixed.value, rtol=1e-12)
     # different batches change the run: step t really sees batch t
     noisy = batches + 0.1 * jax.random.normal(jax.random.PRNGKey(0), batches.shape)
     other = js.bilevel.solve(outer, inner, ZEROS, ZEROS, outer_args=noisy, batched_args=True, **kw)
-    assert not np.allclose(other.theta, fixed.theta)
-    np.testing.assert_allclose(other.theta, THETA_STAR, atol=0.2)
+    assert not np.allclose(other.value, fixed.value)
+    np.testing.assert_allclose(other.value, THETA_STAR, atol=0.2)
 
 
 def test_vmap_over_initial_hyperparameters():
@@ -180,28 +180,23 @@ def test_vmap_over_initial_hyperparameters():
             num_steps=20,
             outer_args=C,
             inner_args=ZEROS,
-        ).theta
+        ).value
 
     batched = jax.vmap(run)(thetas)
     for i in range(3):
         np.testing.assert_allclose(batched[i], run(thetas[i]), rtol=1e-10, atol=1e-12)
 
 
-def test_inner_not_converged_is_reported():
+def test_inner_not_converged_is_reported_and_thrown():
     alg = js.bilevel.AID(inner_solver=js.GradientDescent(0.4), inner_max_steps=1)
-    sol = js.bilevel.solve(
-        outer,
-        inner,
-        jnp.ones(2),
-        ZEROS,
-        algorithm=alg,
-        optimiser=optax.sgd(0.5),
-        num_steps=5,
-        outer_args=C,
-        inner_args=ZEROS,
+    kw = dict(
+        algorithm=alg, optimiser=optax.sgd(0.5), num_steps=5, outer_args=C, inner_args=ZEROS
     )
+    sol = js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, throw=False, **kw)
     assert sol.result == js.RESULTS.inner_not_converged
     assert not bool(sol.metrics["inner_converged"][0])
+    with pytest.raises(Exception, match="inner solve did not converge"):
+        js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, **kw).value.block_until_ready()
 
 
 def test_progress_callback_and_metrics_fn():

@@ -51,7 +51,7 @@ class Penalty(AbstractBilevelAlgorithm):
     alg = js.bilevel.Penalty(penalty=100.0, inner_solver=js.GradientDescent(0.5), inner_steps=20)
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1), algorithm=alg,
                            optimiser=optax.sgd(0.2), num_steps=60)
-    assert jnp.allclose(sol.theta, 20 / 11, atol=0.05)    # O(1/λ) bias
+    assert jnp.allclose(sol.value, 20 / 11, atol=0.05)    # O(1/λ) bias
     ```
     """
 
