@@ -240,11 +240,11 @@ class Unrolled(AbstractEstimator):
                                   estimator=js.bilevel.Unrolled(),
                                   inner_solver=js.GradientDescent(0.3), inner_max_steps=200)
     assert abs(hg.grad + 0.5) < 1e-6
-    # exactly 3 gradient steps y <- y - 0.3 ∇G from 0: y_3 = (1 - 0.7**3) / 2
+    # exactly 3 gradient steps y <- y - 0.3 (2y - 1) from 0: y_3 = (1 - 0.4**3) / 2
     hg = js.bilevel.hypergradient(outer, inner, 1.0, jnp.zeros(2),
                                   estimator=js.bilevel.Unrolled(fixed_steps=True),
                                   inner_solver=js.GradientDescent(0.3), inner_max_steps=3)
-    assert hg.stats["num_steps"] == 3 and jnp.allclose(hg.y, (1 - 0.7**3) / 2)
+    assert hg.stats["num_steps"] == 3 and jnp.allclose(hg.y, (1 - 0.4**3) / 2)
     ```
     """
 
@@ -269,7 +269,10 @@ class Unrolled(AbstractEstimator):
     def hypergradient(self, problem, theta, y0, adjoint0=None):
         steps = problem.inner_max_steps
         solver = problem.inner_solver
-        wrap = (lambda n: FixedSteps(solver, n)) if self.fixed_steps else (lambda n: solver)
+        if self.fixed_steps:
+            wrap = lambda n: FixedSteps(solver=solver, steps=n)
+        else:
+            wrap = lambda n: solver
         if self.truncate is not None and self.truncate < steps:
             head = problem.solve_inner(
                 jax.lax.stop_gradient(theta),

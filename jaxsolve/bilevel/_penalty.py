@@ -86,9 +86,18 @@ class Penalty(AbstractBilevelAlgorithm):
             th, _, ia, _ = a
             return problem.inner_fn(th, z, ia)
 
-        kw = dict(solver=self.inner_solver, tol=self.inner_tol, max_steps=self.inner_steps)
-        sol_y = minimise(penalised, state.y, args, throw=False, **kw)
-        sol_z = minimise(lower, state.z, args, throw=False, **kw)
+        def run(fn, y0):
+            return minimise(
+                fn,
+                y0,
+                args,
+                solver=self.inner_solver,
+                tol=self.inner_tol,  # pyright: ignore[reportArgumentType]
+                max_steps=self.inner_steps,
+                throw=False,
+            )
+
+        sol_y, sol_z = run(penalised, state.y), run(lower, state.z)
         y, z = sol_y.value, sol_z.value
         value, g_f = jax.value_and_grad(problem.outer_fn)(theta, y, outer_args)
         g_gy = jax.grad(problem.inner_fn)(theta, y, inner_args)
