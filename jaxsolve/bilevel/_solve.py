@@ -11,7 +11,14 @@ import optax
 from jaxtyping import Array, PyTree
 
 from .._checks import check_float_tree, floats_to_arrays
-from .._iterate import AbstractIterativeSolver, apply_throw, make_progress, run_loop, tree_norm
+from .._iterate import (
+    AbstractIterativeSolver,
+    apply_throw,
+    end_progress,
+    make_progress,
+    tree_all_finite,
+    tree_norm,
+)
 from .._problem import AbstractProblem
 from .._solution import RESULTS
 from ._algorithm import AbstractBilevelAlgorithm
@@ -21,7 +28,7 @@ from ._solution import BilevelSolution
 
 
 class _OuterProblem(AbstractProblem):
-    """The outer loop's problem for the core's `run_loop`: the objectives and the data
+    """The outer loop's problem: the objectives and the data
     (`batched`: step `t` sees slice `t` of every leaf). Its error measure is the outer loss."""
 
     error_name: ClassVar[str] = "outer_loss"
@@ -42,6 +49,12 @@ class _OuterState(eqx.Module):
     opt_state: Any
     state: Any
     metrics: dict[str, Array]
+    # running summaries, so that `terminate` and `error` cost O(1) per step
+    finite: Array
+    inner_ok: Array
+    adjoint_ok: Array
+    outer_loss: Array
+    hypergrad_norm: Array
 
 
 class _OuterLoop(AbstractIterativeSolver):
@@ -81,39 +94,44 @@ class _OuterLoop(AbstractIterativeSolver):
                     f"(see js.bilevel.AbstractBilevelAlgorithm); got {sorted(shapes)}."
                 )
         metrics = {k: jnp.zeros((self.num_steps, *v.shape), v.dtype) for k, v in shapes.items()}
-        return _OuterState(t0, opt_state, state, metrics)
+        loss, norm = (jnp.zeros((), shapes[k].dtype) for k in ("outer_loss", "hypergrad_norm"))
+        true = jnp.array(True)
+        return _OuterState(t0, opt_state, state, metrics, true, true, true, loss, norm)
 
     def step(self, problem, theta, loop):
         theta, opt_state, state, metrics = self._step(
             problem, theta, loop.t, loop.opt_state, loop.state
         )
         buffers = {k: v.at[loop.t].set(metrics[k]) for k, v in loop.metrics.items()}
-        return theta, _OuterState(loop.t + 1, opt_state, state, buffers)
+        return theta, _OuterState(
+            loop.t + 1,
+            opt_state,
+            state,
+            buffers,
+            loop.finite & jnp.isfinite(metrics["outer_loss"]),
+            loop.inner_ok & metrics["inner_converged"],
+            loop.adjoint_ok & metrics.get("adjoint_converged", True),
+            metrics["outer_loss"],
+            metrics["hypergrad_norm"],
+        )
 
     def terminate(self, problem, theta, loop):
-        m = loop.metrics
-        finite = jnp.all(jnp.isfinite(m["outer_loss"]))
-        inner_ok = jnp.all(m["inner_converged"])
-        adjoint_ok = jnp.all(m["adjoint_converged"]) if "adjoint_converged" in m else True
         result = RESULTS.where(
-            finite,
+            loop.finite,
             RESULTS.where(
-                inner_ok,
-                RESULTS.where(adjoint_ok, RESULTS.successful, RESULTS.adjoint_not_converged),
+                loop.inner_ok,
+                RESULTS.where(loop.adjoint_ok, RESULTS.successful, RESULTS.adjoint_not_converged),
                 RESULTS.inner_not_converged,
             ),
             RESULTS.nonfinite,
         )
         return loop.t >= self.num_steps, result
 
-    def _last(self, loop, key):
-        return loop.metrics[key][jnp.maximum(loop.t - 1, 0)]
-
     def error(self, problem, theta, loop):
-        return self._last(loop, "outer_loss")
+        return loop.outer_loss
 
     def postprocess(self, problem, theta, loop):
-        return theta, {"hypergrad_norm": self._last(loop, "hypergrad_norm")}
+        return theta, {"hypergrad_norm": loop.hypergrad_norm}
 
 
 def solve(
@@ -137,10 +155,10 @@ def solve(
 
     Each outer step asks `algorithm` for a direction (a hypergradient or its estimate) and
     gives it to `optimiser` as the gradient of `θ`, for exactly `num_steps` steps. The loop is
-    the core's (`run_loop`, one `lax.while_loop`), so the whole run is one compiled function
-    and the per-step metrics come back as arrays of length `num_steps`. It is pure:
-    `jax.vmap` over `theta0` (or over data) works, each member with its own `result`. (It
-    is not reverse-mode differentiable: differentiate a hypergradient, not the outer loop.)
+    one `lax.scan` over the steps of a core solver (init / step / terminate / postprocess), so
+    the whole run is one compiled function and the per-step metrics come back as arrays of
+    length `num_steps`. It is pure: `jax.vmap` over `theta0` (or over data) works, each
+    member with its own `result`.
 
     Algorithms (objects, with their own settings): `js.bilevel.AID()` (implicit
     hypergradient, warm-started inner and adjoint solves), `js.bilevel.ITD()` (unrolled),
@@ -227,17 +245,39 @@ def solve(
     return _solve(problem, loop, theta0, y0, throw, callback)
 
 
+def _run_steps(problem, loop, theta0, y0, callback):
+    """The core's `run_loop` for a loop that always runs exactly `loop.num_steps` steps, as a
+    `lax.scan` (measurably cheaper per step than a while loop here, and reverse-mode
+    differentiable): the same protocol calls, progress reports, result and stats."""
+    num_steps = loop.num_steps
+    every = max(1, num_steps // 100)
+
+    def body(carry, _):
+        theta, state = carry
+        theta, state = loop.step(problem, theta, state)
+        if callback is not None:
+            jax.lax.cond(
+                (state.t % every == 0) | (state.t == num_steps),
+                lambda: jax.debug.callback(callback, state.t, loop.error(problem, theta, state)),
+                lambda: None,
+            )
+        return (theta, state), None
+
+    state0 = loop.init(problem, theta0, {"y0": y0})
+    (theta, state), _ = jax.lax.scan(body, (theta0, state0), None, length=num_steps)
+    end_progress(callback, state.t)
+    _, result = loop.terminate(problem, theta, state)
+    theta, extra = loop.postprocess(problem, theta, state)
+    err = loop.error(problem, theta, state)
+    result = RESULTS.where(tree_all_finite(theta) & jnp.isfinite(err), result, RESULTS.nonfinite)
+    stats = {"num_steps": state.t, problem.error_name: err, **extra}
+    return theta, state, result, jax.lax.stop_gradient(stats)
+
+
 @eqx.filter_jit
 def _solve(problem, loop, theta0, y0, throw, callback):
     theta0 = jtu.tree_map(jnp.asarray, theta0)
-    theta, state, result, stats = run_loop(
-        problem,
-        loop,
-        theta0,
-        max_steps=loop.num_steps,
-        options={"y0": y0},
-        progress=callback,
-    )
+    theta, state, result, stats = _run_steps(problem, loop, theta0, y0, callback)
     solution = BilevelSolution(
         value=theta,
         result=result,
