@@ -45,6 +45,13 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "An inner solve did not converge, so derivatives computed from it are approximate. "
         "Increase the inner `max_steps` or loosen the inner `tol`."
     )
+    adjoint_not_converged = (
+        "The linear solve of an implicit derivative (the adjoint system "
+        "∇²_yy G v = ∇_y F of a hypergradient) did not converge, so the hypergradient is "
+        "approximate. Give the estimator's linear solver more steps or a looser tolerance "
+        "(e.g. lx.CG(rtol, atol, max_steps)), or check that the inner Hessian is positive "
+        "definite (CG needs it; lx.GMRES does not)."
+    )
     not_positive_definite = (
         "The conjugate-gradient recurrence met a direction of non-positive curvature "
         "(pᵀAp ≤ 0) or a preconditioner that is not positive definite: CG needs a symmetric "

@@ -62,7 +62,9 @@ def test_implicit_matches_closed_form(estimator):
     assert hg.result == js.RESULTS.successful
     np.testing.assert_allclose(hg.grad, ridge_closed_form(THETA), rtol=1e-6, atol=1e-9)
     w = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
-    np.testing.assert_allclose(hg.value, ridge_outer(THETA, w, VAL), rtol=1e-9)
+    np.testing.assert_allclose(hg.loss, ridge_outer(THETA, w, VAL), rtol=1e-9)
+    assert isinstance(hg, js.Solution) and hg.grad is hg.value
+    np.testing.assert_allclose(hg.y, w, rtol=1e-8)
 
 
 def test_adjoint_warm_start_matches_and_saves_work():
@@ -303,11 +305,134 @@ def test_no_recompilation_for_new_data_of_same_shape():
     inner_q = lambda lam, y, t: 0.5 * jnp.sum((y - t) ** 2) + 0.5 * lam * jnp.sum(y**2)
     outer_q = lambda lam, y, _: jnp.sum(y)
     sizes = []
-    for t, lam in [(jnp.ones(2), 1.0), (jnp.array([2.0, 3.0]), 0.5), (jnp.zeros(2), 2.0)]:
+    cases = [
+        (jnp.ones(2), 1.0, 1e-8),
+        (jnp.array([2.0, 3.0]), 0.5, 1e-9),
+        (jnp.zeros(2), 2.0, 1e-10),
+    ]
+    for t, lam, tol in cases:
         hg = js.bilevel.hypergradient(
-            outer_q, inner_q, lam, jnp.zeros(2), None, t, inner_solver=js.GradientDescent(0.5)
+            outer_q,
+            inner_q,
+            lam,
+            jnp.zeros(2),
+            None,
+            t,
+            inner_solver=js.GradientDescent(0.5),
+            inner_tol=tol,
         )
         # y* = t / (1 + lam): d/dlam sum(y*) = -sum(t) / (1 + lam)^2
         np.testing.assert_allclose(hg.grad, -jnp.sum(t) / (1 + lam) ** 2, atol=1e-7)
         sizes.append(_hypergradient_jit._cached._cache_size())
     assert sizes[2] == sizes[1] == sizes[0]
+
+
+# --- the protocol: Solution subclass, user-written estimators, fixed steps, reliability ---
+
+
+class JacobianFree(js.bilevel.AbstractEstimator):
+    """A user-written estimator: the inner Hessian replaced by the identity."""
+
+    def hypergradient(self, problem, theta, y0, adjoint0=None):
+        inner = problem.solve_inner(jax.lax.stop_gradient(theta), y0)
+        y = inner.value
+        loss, (g_theta, g_y) = jax.value_and_grad(problem.outer, argnums=(0, 1))(theta, y)
+        _, vjp = jax.vjp(lambda th: problem.inner_grad_y(th, y), theta)
+        return js.bilevel.Hypergradient.from_inner(g_theta - vjp(g_y)[0], loss, inner)
+
+
+def test_user_estimator_plugs_in():
+    # ridge: ∂²G/∂θ∂w = diag(e^θ w), so the Jacobian-free estimate is -e^θ w ⊙ ∇_w F
+    hg = _hg(JacobianFree())
+    assert isinstance(hg, js.bilevel.Hypergradient) and hg.result == js.RESULTS.successful
+    H = X.T @ X + jnp.diag(jnp.exp(THETA))
+    w = jnp.linalg.solve(H, X.T @ T)
+    np.testing.assert_allclose(hg.grad, -jnp.exp(THETA) * w * (XV.T @ (XV @ w - TV)), rtol=1e-6)
+    assert hg.stats["num_steps"] > 0 and hg.adjoint is None
+
+    class Broken(js.bilevel.AbstractEstimator):
+        def hypergradient(self, problem, theta, y0, adjoint0=None):
+            return theta
+
+    with pytest.raises(TypeError, match="Hypergradient"):
+        _hg(Broken())
+    with pytest.raises(ValueError, match="adjoint0"):
+        _hg(JacobianFree(), adjoint0=jnp.zeros(P))
+
+
+def test_unrolled_fixed_steps_equals_python_loop_from_an_optimal_warm_start():
+    # From the exact inner solution a tol-based loop stops at once (no dependence on θ);
+    # fixed_steps runs exactly `steps` gradient steps, like this explicit Python loop.
+    lr, steps = 1.0 / float(jnp.linalg.eigvalsh(X.T @ X + jnp.diag(jnp.exp(THETA)))[-1]), 7
+    w_star = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
+    w_start = w_star + 0.1
+
+    def explicit(theta, w):
+        for _ in range(steps):
+            w = w - lr * jax.grad(ridge_inner, argnums=1)(theta, w, TRAIN)
+        return ridge_outer(theta, w, VAL), w
+
+    (loss, w_end), g = jax.value_and_grad(explicit, has_aux=True)(THETA, w_start)
+    for truncate in (None, 3):
+        hg = _hg(
+            js.bilevel.Unrolled(fixed_steps=True, truncate=truncate),
+            y0=w_start,
+            inner_solver=js.GradientDescent(lr),
+            inner_tol=1e3,  # would stop at once without fixed_steps
+            inner_max_steps=steps,
+        )
+        assert hg.result == js.RESULTS.successful and hg.stats["num_steps"] == steps
+        np.testing.assert_allclose(hg.y, w_end, rtol=1e-12)
+        np.testing.assert_allclose(hg.loss, loss, rtol=1e-12)
+        if truncate is None:
+            np.testing.assert_allclose(hg.grad, g, rtol=1e-10, atol=1e-14)
+    loose = _hg(
+        js.bilevel.Unrolled(),
+        y0=w_start,
+        inner_solver=js.GradientDescent(lr),
+        inner_tol=1e3,
+        inner_max_steps=steps,
+    )
+    assert loose.stats["num_steps"] == 0
+
+
+def test_failed_adjoint_solve_is_a_result_never_an_exception():
+    # CG with one iteration cannot solve the 8×8 adjoint system.
+    est = js.bilevel.Implicit(lx.CG(rtol=1e-12, atol=1e-12, max_steps=1))
+    hg = _hg(est, throw=False)
+    assert hg.result == js.RESULTS.adjoint_not_converged
+    assert hg.inner.result == js.RESULTS.successful
+    with pytest.raises(Exception, match="adjoint system"):
+        _hg(est).grad.block_until_ready()
+
+    def total(theta):
+        return jnp.sum(_hg(est, theta=theta, throw=False).value)
+
+    # nothing raises under jit, grad and vmap (lineax raises on failed derivative solves
+    # unless they are reported: ReportedSolver)
+    jax.block_until_ready(jax.jit(jax.grad(total))(THETA))
+    out = jax.vmap(lambda th: _hg(est, theta=th, throw=False))(jnp.stack([THETA, -THETA]))
+    assert (out.result == js.RESULTS.adjoint_not_converged).all()
+
+
+def test_hypergradient_is_differentiable():
+    # d/dθ Σ_j hypergrad_j against autodiff of the closed form (dense solves)
+    total = lambda th: jnp.sum(_hg(js.bilevel.Implicit(), theta=th, throw=False).value)
+    expected = jax.grad(lambda th: jnp.sum(ridge_closed_form(th)))(THETA)
+    np.testing.assert_allclose(jax.grad(total)(THETA), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_vmap_one_bad_member_does_not_change_the_others():
+    thetas = jnp.stack([THETA, THETA.at[2].set(jnp.nan), 0.5 * THETA])
+    for est in (js.bilevel.Implicit(), js.bilevel.Unrolled()):
+        kw = dict(estimator=est, inner_solver=js.GradientDescent(2e-3), inner_max_steps=300)
+        kw |= dict(throw=False, inner_tol=1e-6)
+        run = lambda th: js.bilevel.hypergradient(
+            ridge_outer, ridge_inner, th, jnp.zeros(P), VAL, TRAIN, **kw
+        )
+        out = jax.vmap(run)(thetas)
+        assert (out.result == js.RESULTS.nonfinite).tolist() == [False, True, False]
+        for i in (0, 2):
+            one = run(thetas[i])
+            assert (out.result == one.result)[i]
+            np.testing.assert_allclose(out.grad[i], one.grad, rtol=1e-10, atol=1e-14)

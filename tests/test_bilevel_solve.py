@@ -3,6 +3,7 @@ mini-batches, vmap, failure flags, progress and bad inputs."""
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optax
 import pytest
@@ -100,14 +101,14 @@ def test_algorithm_reaches_known_solution(name):
         outer_args=C,
         inner_args=ZEROS,
     )
-    assert reduced(sol.theta) < reduced(theta0)
-    np.testing.assert_allclose(sol.theta, THETA_STAR, atol=tol)
+    assert reduced(sol.value) < reduced(theta0)
+    np.testing.assert_allclose(sol.value, THETA_STAR, atol=tol)
     for key in ("outer_loss", "inner_residual", "hypergrad_norm", "inner_converged"):
         assert sol.metrics[key].shape == (steps,)
     assert sol.metrics["outer_loss"][-1] < sol.metrics["outer_loss"][0]
     if name in ("aid", "aid_cold_adjoint", "itd"):
         assert sol.result == js.RESULTS.successful
-        np.testing.assert_allclose(sol.y, M @ sol.theta, atol=1e-5)
+        np.testing.assert_allclose(sol.y, M @ sol.value, atol=1e-5)
 
 
 def test_lvhba_coupled_constraint():
@@ -140,7 +141,7 @@ def test_lvhba_coupled_constraint():
         optimiser=optax.sgd(0.1),
         num_steps=2000,
     )
-    np.testing.assert_allclose(sol.theta, 2.0, atol=2e-2)
+    np.testing.assert_allclose(sol.value, 2.0, atol=2e-2)
     np.testing.assert_allclose(sol.y, 2.0, atol=2e-2)
     assert sol.metrics["lower_violation"][-1] < 1e-2
     assert sol.metrics["constraint_violation"].max() < 1e-12  # the projection is exact
@@ -158,12 +159,12 @@ def test_minibatches_equal_fixed_data_when_identical():
     batched = js.bilevel.solve(
         outer, inner, ZEROS, ZEROS, outer_args=batches, batched_args=True, **kw
     )
-    np.testing.assert_allclose(batched.theta, fixed.theta, rtol=1e-12)
+    np.testing.assert_allclose(batched.value, fixed.value, rtol=1e-12)
     # different batches change the run: step t really sees batch t
     noisy = batches + 0.1 * jax.random.normal(jax.random.PRNGKey(0), batches.shape)
     other = js.bilevel.solve(outer, inner, ZEROS, ZEROS, outer_args=noisy, batched_args=True, **kw)
-    assert not np.allclose(other.theta, fixed.theta)
-    np.testing.assert_allclose(other.theta, THETA_STAR, atol=0.2)
+    assert not np.allclose(other.value, fixed.value)
+    np.testing.assert_allclose(other.value, THETA_STAR, atol=0.2)
 
 
 def test_vmap_over_initial_hyperparameters():
@@ -180,28 +181,21 @@ def test_vmap_over_initial_hyperparameters():
             num_steps=20,
             outer_args=C,
             inner_args=ZEROS,
-        ).theta
+        ).value
 
     batched = jax.vmap(run)(thetas)
     for i in range(3):
         np.testing.assert_allclose(batched[i], run(thetas[i]), rtol=1e-10, atol=1e-12)
 
 
-def test_inner_not_converged_is_reported():
+def test_inner_not_converged_is_reported_and_thrown():
     alg = js.bilevel.AID(inner_solver=js.GradientDescent(0.4), inner_max_steps=1)
-    sol = js.bilevel.solve(
-        outer,
-        inner,
-        jnp.ones(2),
-        ZEROS,
-        algorithm=alg,
-        optimiser=optax.sgd(0.5),
-        num_steps=5,
-        outer_args=C,
-        inner_args=ZEROS,
-    )
+    kw = dict(algorithm=alg, optimiser=optax.sgd(0.5), num_steps=5, outer_args=C, inner_args=ZEROS)
+    sol = js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, throw=False, **kw)
     assert sol.result == js.RESULTS.inner_not_converged
     assert not bool(sol.metrics["inner_converged"][0])
+    with pytest.raises(Exception, match="inner solve did not converge"):
+        js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, **kw).value.block_until_ready()
 
 
 def test_progress_callback_and_metrics_fn():
@@ -258,3 +252,91 @@ def test_bad_inputs():
         js.bilevel.Penalty(penalty=-1.0)
     with pytest.raises(ValueError, match="inner_steps"):
         js.bilevel.ITD(inner_steps=0)
+
+
+def test_itd_equals_an_explicit_python_loop():
+    # ITD: exactly `inner_steps` warm-started gradient steps per outer step, differentiated
+    # through; here written out by hand (no tolerance involved).
+    lr_in, lr_out, k, steps = 0.4, 0.5, 5, 3
+
+    def gd(theta, y):
+        for _ in range(k):
+            y = y - lr_in * jax.grad(inner, argnums=1)(theta, y, ZEROS)
+        return y
+
+    theta, y, losses = jnp.array([1.0, 1.0]), ZEROS, []
+    for _ in range(steps):
+        f = lambda th, y=y: outer(th, gd(th, y), C)
+        loss, g = jax.value_and_grad(f)(theta)
+        losses.append(loss)
+        theta, y = theta - lr_out * g, gd(theta, y)
+    sol = js.bilevel.solve(
+        outer,
+        inner,
+        jnp.array([1.0, 1.0]),
+        ZEROS,
+        algorithm=js.bilevel.ITD(inner_steps=k, inner_lr=lr_in),
+        optimiser=optax.sgd(lr_out),
+        num_steps=steps,
+        outer_args=C,
+        inner_args=ZEROS,
+    )
+    np.testing.assert_allclose(sol.value, theta, rtol=1e-12)
+    np.testing.assert_allclose(sol.y, y, rtol=1e-12)
+    np.testing.assert_allclose(sol.metrics["outer_loss"], jnp.stack(losses), rtol=1e-12)
+
+
+def test_solution_is_a_js_solution():
+    sol = js.bilevel.solve(
+        outer,
+        inner,
+        ZEROS,
+        ZEROS,
+        algorithm=ITD_SMALL,
+        optimiser=optax.sgd(0.5),
+        num_steps=7,
+        outer_args=C,
+        inner_args=ZEROS,
+    )
+    assert isinstance(sol, js.Solution) and sol.theta is sol.value
+    assert sol.stats["num_steps"] == 7 and sol.result == js.RESULTS.successful
+    np.testing.assert_allclose(sol.stats["outer_loss"], sol.metrics["outer_loss"][-1])
+    np.testing.assert_allclose(sol.stats["hypergrad_norm"], sol.metrics["hypergrad_norm"][-1])
+
+
+def test_adjoint_failure_is_reported():
+    alg = js.bilevel.AID(
+        inner_solver=js.GradientDescent(0.4),
+        linear_solver=lx.CG(rtol=1e-14, atol=1e-14, max_steps=1),
+    )
+    kw = dict(algorithm=alg, optimiser=optax.sgd(0.5), num_steps=3, outer_args=C, inner_args=ZEROS)
+    sol = js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, throw=False, **kw)
+    assert sol.result == js.RESULTS.adjoint_not_converged
+    assert not bool(sol.metrics["adjoint_converged"][0]) and bool(sol.metrics["inner_converged"][0])
+    with pytest.raises(Exception, match="adjoint system"):
+        js.bilevel.solve(outer, inner, jnp.ones(2), ZEROS, **kw).value.block_until_ready()
+
+
+def test_vmap_one_bad_member_with_throw_false():
+    thetas = jnp.array([[1.0, 1.0], [jnp.nan, 0.5], [0.0, 2.0]])
+
+    def run(theta0):
+        return js.bilevel.solve(
+            outer,
+            inner,
+            theta0,
+            ZEROS,
+            algorithm=js.bilevel.AID(inner_solver=js.GradientDescent(0.4)),
+            optimiser=optax.sgd(0.5),
+            num_steps=10,
+            outer_args=C,
+            inner_args=ZEROS,
+            throw=False,
+        )
+
+    out = jax.vmap(run)(thetas)
+    assert (out.result == js.RESULTS.nonfinite).tolist() == [False, True, False]
+    for i in (0, 2):
+        one = run(thetas[i])
+        assert one.result == js.RESULTS.successful and (out.result == one.result)[i]
+        np.testing.assert_allclose(out.value[i], one.value, rtol=1e-12)

@@ -9,8 +9,9 @@ from ._estimators import (
     TruncatedNeumann as TruncatedNeumann,
     Unrolled as Unrolled,
 )
-from ._hypergradient import Hypergradient as Hypergradient, hypergradient as hypergradient
+from ._hypergradient import hypergradient as hypergradient
 from ._itd import ITD as ITD
 from ._lvhba import LVHBA as LVHBA
 from ._penalty import Penalty as Penalty
-from ._solve import BilevelSolution as BilevelSolution, solve as solve
+from ._solution import BilevelSolution as BilevelSolution, Hypergradient as Hypergradient
+from ._solve import solve as solve

@@ -6,9 +6,9 @@ import lineax as lx
 from jaxtyping import Array
 
 from .._minimise import LBFGS, AbstractMinimiser
-from ._algorithm import AbstractBilevelAlgorithm, converged, zeros_like
+from .._solution import RESULTS
+from ._algorithm import AbstractBilevelAlgorithm, zeros_like
 from ._estimators import Implicit
-from ._hypergradient import compute_hypergradient
 
 
 class _AIDState(eqx.Module):
@@ -30,8 +30,10 @@ class AID(AbstractBilevelAlgorithm):
     - `inner_solver`: a `js.minimise` solver (default `js.LBFGS()`).
     - `inner_tol`, `inner_max_steps`: per outer step.
     - `linear_solver`: a lineax solver for the adjoint system (default `lx.CG(1e-8, 1e-8)`).
-    - `warm_start_adjoint`: start the linear solver from the previous `v` (default `True`).
-      With `False` the hypergradient goes through the core's `js.ImplicitAdjoint`.
+    - `warm_start_adjoint`: start the linear solver from the previous `v` (default `True`);
+      with `False` from zero.
+
+    The metrics add `adjoint_converged` (the adjoint solve reached its tolerance).
 
     **Example:**
 
@@ -45,7 +47,7 @@ class AID(AbstractBilevelAlgorithm):
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1),
                            algorithm=js.bilevel.AID(js.GradientDescent(0.5)),
                            optimiser=optax.sgd(0.2), num_steps=60)
-    assert jnp.allclose(sol.theta, 20 / 11, atol=1e-4)
+    assert jnp.allclose(sol.value, 20 / 11, atol=1e-4)
     ```
     """
 
@@ -59,24 +61,20 @@ class AID(AbstractBilevelAlgorithm):
         return _AIDState(y=y0, v=zeros_like(y0))
 
     def step(self, problem, theta, state, outer_args, inner_args, t):
-        hg = compute_hypergradient(
-            problem.outer_fn,
-            problem.inner_fn,
+        hg = Implicit(self.linear_solver).hypergradient(
+            problem.with_data(
+                outer_args, inner_args, self.inner_solver, self.inner_tol, self.inner_max_steps
+            ),
             theta,
             state.y,
-            outer_args,
-            inner_args,
-            Implicit(self.linear_solver),
-            self.inner_solver,
-            self.inner_tol,
-            self.inner_max_steps,
-            adjoint0=state.v if self.warm_start_adjoint else None,
+            state.v if self.warm_start_adjoint else None,
         )
         v = hg.adjoint if self.warm_start_adjoint else state.v
         metrics = {
-            "outer_loss": hg.value,
+            "outer_loss": hg.loss,
             "inner_residual": jnp.asarray(hg.inner.stats["error"]),
-            "inner_converged": converged(hg.result),
+            "inner_converged": hg.inner.result == RESULTS.successful,
+            "adjoint_converged": hg.result != RESULTS.adjoint_not_converged,
         }
         return hg.grad, _AIDState(y=hg.y, v=v), metrics
 

@@ -9,28 +9,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from .._iterate import tree_norm
 from .._minimise import minimise
 from .._solution import RESULTS
-
-
-class Problem(eqx.Module):
-    """The two objectives, `outer_fn(theta, y, outer_args)` and `inner_fn(theta, y, inner_args)`."""
-
-    outer_fn: Any = eqx.field(static=True)
-    inner_fn: Any = eqx.field(static=True)
-
-    def outer(self, theta, y, args):
-        return self.outer_fn(theta, y, args)
-
-    def inner(self, theta, y, args):
-        return self.inner_fn(theta, y, args)
-
-    def inner_grad_y(self, theta, y, args):
-        return jax.grad(self.inner_fn, argnums=1)(theta, y, args)
-
-    def inner_residual(self, theta, y, args):
-        return tree_norm(self.inner_grad_y(theta, y, args))
+from ._problem import Problem
 
 
 class AbstractBilevelAlgorithm(eqx.Module):

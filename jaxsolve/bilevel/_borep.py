@@ -55,7 +55,7 @@ class BOREP(AbstractBilevelAlgorithm):
     lr = optax.linear_schedule(0.1, 0.0, 200)       # normalised steps: decay the step size
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1), algorithm=alg,
                            optimiser=optax.sgd(lr), num_steps=200)
-    assert jnp.allclose(sol.theta, 20 / 11, atol=0.05)
+    assert jnp.allclose(sol.value, 20 / 11, atol=0.05)
     ```
     """
 

@@ -7,7 +7,6 @@ from jaxtyping import Array
 from .._minimise import GradientDescent
 from ._algorithm import AbstractBilevelAlgorithm
 from ._estimators import Unrolled
-from ._hypergradient import compute_hypergradient
 
 
 class _ITDState(eqx.Module):
@@ -18,9 +17,10 @@ class ITD(AbstractBilevelAlgorithm):
     """Iterative differentiation (ITD; Maclaurin et al. 2015, Franceschi et al. 2017) for
     `js.bilevel.solve`.
 
-    Each outer step runs `inner_steps` gradient-descent steps on `G(θ, ·)` from the previous
-    inner iterate (warm start) and backpropagates through them (the core's
-    `js.UnrollAdjoint`); `truncate=K` differentiates only the last `K` steps.
+    Each outer step runs exactly `inner_steps` gradient-descent steps on `G(θ, ·)` from the
+    previous inner iterate (warm start; `js.bilevel.Unrolled(fixed_steps=True)`: stopped by
+    the step count only) and backpropagates through them (the core's `js.UnrollAdjoint`);
+    `truncate=K` differentiates only the last `K` steps.
 
     **Arguments:**
 
@@ -39,7 +39,7 @@ class ITD(AbstractBilevelAlgorithm):
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1),
                            algorithm=js.bilevel.ITD(inner_steps=20, inner_lr=0.5),
                            optimiser=optax.sgd(0.2), num_steps=60)
-    assert jnp.allclose(sol.theta, 20 / 11, atol=1e-4)
+    assert jnp.allclose(sol.value, 20 / 11, atol=1e-4)
     ```
     """
 
@@ -57,23 +57,14 @@ class ITD(AbstractBilevelAlgorithm):
         return _ITDState(y=y0)
 
     def step(self, problem, theta, state, outer_args, inner_args, t):
-        hg = compute_hypergradient(
-            problem.outer_fn,
-            problem.inner_fn,
-            theta,
-            state.y,
-            outer_args,
-            inner_args,
-            Unrolled(truncate=self.truncate),
-            GradientDescent(self.inner_lr),
-            # A negative tolerance: always run exactly `inner_steps` steps. (Stopping early at a
-            # warm start that is already optimal would cut the dependence of y on theta.)
-            jnp.asarray(-1.0),
-            self.inner_steps,
-        )
+        estimator = Unrolled(truncate=self.truncate, fixed_steps=True)
+        inner_solver = GradientDescent(self.inner_lr)
+        # (no inner tolerance: `fixed_steps` stops on the step count only)
+        data = problem.with_data(outer_args, inner_args, inner_solver, None, self.inner_steps)
+        hg = estimator.hypergradient(data, theta, state.y)
         residual = problem.inner_residual(theta, hg.y, inner_args)
         metrics = {
-            "outer_loss": hg.value,
+            "outer_loss": hg.loss,
             "inner_residual": residual,
             "inner_converged": jnp.isfinite(residual),
         }

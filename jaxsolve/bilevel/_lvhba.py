@@ -76,7 +76,7 @@ class LVHBA(AbstractBilevelAlgorithm):
                            project=lambda x, y, _: (x, jnp.minimum(y, 1.0)))
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1), algorithm=alg,
                            optimiser=optax.sgd(0.05), num_steps=1000)
-    assert jnp.allclose(sol.theta, 2.0, atol=1e-3) and jnp.allclose(sol.y, 1.0, atol=1e-3)
+    assert jnp.allclose(sol.value, 2.0, atol=1e-3) and jnp.allclose(sol.y, 1.0, atol=1e-3)
     assert sol.metrics["lower_violation"][-1] < 1e-3
     ```
     """

@@ -51,7 +51,7 @@ class Penalty(AbstractBilevelAlgorithm):
     alg = js.bilevel.Penalty(penalty=100.0, inner_solver=js.GradientDescent(0.5), inner_steps=20)
     sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1), algorithm=alg,
                            optimiser=optax.sgd(0.2), num_steps=60)
-    assert jnp.allclose(sol.theta, 20 / 11, atol=0.05)    # O(1/λ) bias
+    assert jnp.allclose(sol.value, 20 / 11, atol=0.05)    # O(1/λ) bias
     ```
     """
 
@@ -86,9 +86,18 @@ class Penalty(AbstractBilevelAlgorithm):
             th, _, ia, _ = a
             return problem.inner_fn(th, z, ia)
 
-        kw = dict(solver=self.inner_solver, tol=self.inner_tol, max_steps=self.inner_steps)
-        sol_y = minimise(penalised, state.y, args, throw=False, **kw)
-        sol_z = minimise(lower, state.z, args, throw=False, **kw)
+        def run(fn, y0):
+            return minimise(
+                fn,
+                y0,
+                args,
+                solver=self.inner_solver,
+                tol=self.inner_tol,  # pyright: ignore[reportArgumentType]
+                max_steps=self.inner_steps,
+                throw=False,
+            )
+
+        sol_y, sol_z = run(penalised, state.y), run(lower, state.z)
         y, z = sol_y.value, sol_z.value
         value, g_f = jax.value_and_grad(problem.outer_fn)(theta, y, outer_args)
         g_gy = jax.grad(problem.inner_fn)(theta, y, inner_args)

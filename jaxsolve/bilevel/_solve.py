@@ -1,7 +1,7 @@
 """`js.bilevel.solve`: the outer loop (a `lax.scan`) with an optax optimiser and an algorithm."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -10,50 +10,128 @@ import jax.tree_util as jtu
 import optax
 from jaxtyping import Array, PyTree
 
-from .._checks import check_float_tree
-from .._iterate import make_progress, tree_norm
+from .._checks import check_float_tree, floats_to_arrays
+from .._iterate import (
+    AbstractIterativeSolver,
+    apply_throw,
+    end_progress,
+    make_progress,
+    tree_all_finite,
+    tree_norm,
+)
+from .._problem import AbstractProblem
 from .._solution import RESULTS
-from ._algorithm import AbstractBilevelAlgorithm, Problem
+from ._algorithm import AbstractBilevelAlgorithm
 from ._hypergradient import check_objective
+from ._problem import Problem
+from ._solution import BilevelSolution
 
 
-class BilevelSolution(eqx.Module):
-    """What `js.bilevel.solve` returns.
+class _OuterProblem(AbstractProblem):
+    """The outer loop's problem: the objectives and the data
+    (`batched`: step `t` sees slice `t` of every leaf). Its error measure is the outer loss."""
 
-    **Attributes:**
+    error_name: ClassVar[str] = "outer_loss"
+    problem: Problem
+    outer_args: Any
+    inner_args: Any
+    batched: bool = eqx.field(static=True)
 
-    - `theta`: the outer variables after the last step.
-    - `y`: the algorithm's inner variable after the last step.
-    - `metrics`: a dict of arrays with one entry per outer step: `outer_loss` (`F` at the
-      step's iterate), `inner_residual` (‖∇_y G‖, or the method's own lower-level measure),
-      `hypergrad_norm` (norm of the direction given to the optimiser), `inner_converged`
-      (bool), method-specific entries, and whatever `metrics_fn` returned.
-    - `result`: `js.RESULTS.successful`, or `js.RESULTS.inner_not_converged` if any step's
-      inner problem did not converge (see `metrics["inner_converged"]`), or
-      `js.RESULTS.nonfinite`.
-    - `state`: the algorithm's final state (to continue a run, or for inspection).
+    def args_at(self, t):
+        if not self.batched:
+            return self.outer_args, self.inner_args
+        pick = lambda tree: jtu.tree_map(lambda x: x[t], tree)
+        return pick(self.outer_args), pick(self.inner_args)
 
-    **Example:**
 
-    ```python
-    import jax.numpy as jnp, optax
-    import jaxsolve as js
-
-    inner = lambda th, y, _: 0.5 * jnp.sum((y - th) ** 2)
-    outer = lambda th, y, _: jnp.sum((y - 2.0) ** 2)
-    sol = js.bilevel.solve(outer, inner, jnp.zeros(1), jnp.zeros(1),
-                           algorithm=js.bilevel.AID(js.GradientDescent(0.5)),
-                           optimiser=optax.sgd(0.1), num_steps=30)
-    assert sol.metrics["outer_loss"].shape == (30,)
-    assert sol.metrics["outer_loss"][-1] < sol.metrics["outer_loss"][0]
-    ```
-    """
-
-    theta: PyTree[Array]
-    y: PyTree[Array]
-    metrics: dict[str, Array]
-    result: RESULTS
+class _OuterState(eqx.Module):
+    t: Array
+    opt_state: Any
     state: Any
+    metrics: dict[str, Array]
+    # running summaries, so that `terminate` and `error` cost O(1) per step
+    finite: Array
+    inner_ok: Array
+    adjoint_ok: Array
+    outer_loss: Array
+    hypergrad_norm: Array
+
+
+class _OuterLoop(AbstractIterativeSolver):
+    """The outer loop of `js.bilevel.solve` as a core solver: one step asks the algorithm for
+    a direction and gives it to the optax optimiser; the per-step metrics are written into
+    arrays of length `num_steps`; done after exactly `num_steps` steps."""
+
+    algorithm: AbstractBilevelAlgorithm
+    optimiser: optax.GradientTransformation
+    num_steps: int = eqx.field(static=True)
+    metrics_fn: Callable | None = eqx.field(static=True)
+    project: Callable | None = eqx.field(static=True)
+
+    def _step(self, problem, theta, t, opt_state, state):
+        oa, ia = problem.args_at(t)
+        direction, state, metrics = self.algorithm.step(problem.problem, theta, state, oa, ia, t)
+        metrics = dict(metrics, hypergrad_norm=tree_norm(direction))
+        if self.metrics_fn is not None:
+            metrics.update(self.metrics_fn(theta, self.algorithm.inner_value(state)))
+        updates, opt_state = self.optimiser.update(direction, opt_state, theta)
+        theta = optax.apply_updates(theta, updates)
+        theta, state = self.algorithm.after_update(problem.problem, theta, state, ia)
+        if self.project is not None:
+            theta = self.project(theta)
+        return theta, opt_state, state, metrics
+
+    def init(self, problem, theta, options):
+        oa, ia = problem.args_at(0)
+        state = self.algorithm.init(problem.problem, theta, options["y0"], oa, ia)
+        opt_state = self.optimiser.init(theta)
+        t0 = jnp.array(0, jnp.int32)
+        shapes = jax.eval_shape(lambda: self._step(problem, theta, t0, opt_state, state)[3])
+        for key in ("outer_loss", "inner_converged"):
+            if key not in shapes:
+                raise ValueError(
+                    f"{type(self.algorithm).__name__}.step must return a metric {key!r} "
+                    f"(see js.bilevel.AbstractBilevelAlgorithm); got {sorted(shapes)}."
+                )
+        metrics = {k: jnp.zeros((self.num_steps, *v.shape), v.dtype) for k, v in shapes.items()}
+        loss, norm = (jnp.zeros((), shapes[k].dtype) for k in ("outer_loss", "hypergrad_norm"))
+        true = jnp.array(True)
+        return _OuterState(t0, opt_state, state, metrics, true, true, true, loss, norm)
+
+    def step(self, problem, theta, loop):
+        theta, opt_state, state, metrics = self._step(
+            problem, theta, loop.t, loop.opt_state, loop.state
+        )
+        buffers = {k: v.at[loop.t].set(metrics[k]) for k, v in loop.metrics.items()}
+        return theta, _OuterState(
+            loop.t + 1,
+            opt_state,
+            state,
+            buffers,
+            loop.finite & jnp.isfinite(metrics["outer_loss"]),
+            loop.inner_ok & metrics["inner_converged"],
+            loop.adjoint_ok & metrics.get("adjoint_converged", True),
+            metrics["outer_loss"],
+            metrics["hypergrad_norm"],
+        )
+
+    def terminate(self, problem, theta, loop):
+        result = RESULTS.where(
+            loop.finite,
+            RESULTS.where(
+                loop.inner_ok,
+                RESULTS.where(loop.adjoint_ok, RESULTS.successful, RESULTS.adjoint_not_converged),
+                RESULTS.inner_not_converged,
+            ),
+            RESULTS.nonfinite,
+        )
+        return loop.t >= self.num_steps, result
+
+    def error(self, problem, theta, loop):
+        return loop.outer_loss
+
+    def postprocess(self, problem, theta, loop):
+        return theta, {"hypergrad_norm": loop.hypergrad_norm}
 
 
 def solve(
@@ -71,13 +149,16 @@ def solve(
     metrics_fn: Callable | None = None,
     project: Callable | None = None,
     progress: bool | Callable = False,
+    throw: bool = True,
 ) -> BilevelSolution:
     """Solve `min_θ F(θ, y*(θ))`, `y*(θ) = argmin_y G(θ, y)`, with an optax optimiser.
 
     Each outer step asks `algorithm` for a direction (a hypergradient or its estimate) and
-    gives it to `optimiser` as the gradient of `θ`. The loop is a `lax.scan`, so the whole run
-    is one compiled function and the per-step metrics come back as arrays. It is pure:
-    `jax.vmap` over `theta0` (or over data) works.
+    gives it to `optimiser` as the gradient of `θ`, for exactly `num_steps` steps. The loop is
+    one `lax.scan` over the steps of a core solver (init / step / terminate / postprocess), so
+    the whole run is one compiled function and the per-step metrics come back as arrays of
+    length `num_steps`. It is pure: `jax.vmap` over `theta0` (or over data) works, each
+    member with its own `result`.
 
     Algorithms (objects, with their own settings): `js.bilevel.AID()` (implicit
     hypergradient, warm-started inner and adjoint solves), `js.bilevel.ITD()` (unrolled),
@@ -98,8 +179,12 @@ def solve(
       accuracy).
     - `project`: optional `theta -> theta` applied after every update (e.g. a box).
     - `progress`: `True` for a progress bar on stderr, or a callback `fn(step, outer_loss)`.
+    - `throw`: raise, with the result's message, if the run is not `successful` (an inner
+      or adjoint solve did not converge at some step, or a non-finite loss or `θ`). With
+      `False` nothing raises: read `result` and `metrics` (use under `vmap`).
 
-    **Returns:** a `js.bilevel.BilevelSolution`.
+    **Returns:** a `js.bilevel.BilevelSolution`: `value` (also `theta`), `y`, `metrics`,
+    `result`, `stats` (`num_steps`, the last `outer_loss` and `hypergrad_norm`), `state`.
 
     **Example:**
 
@@ -115,7 +200,7 @@ def solve(
                            algorithm=js.bilevel.AID(js.GradientDescent(0.25)),
                            optimiser=optax.adam(0.1),
                            num_steps=150, outer_args=tv, inner_args=t)
-    assert jnp.allclose(sol.theta, 0.0, atol=1e-2)
+    assert jnp.allclose(sol.value, 0.0, atol=1e-2)
     ```
     """
     if not isinstance(algorithm, AbstractBilevelAlgorithm):
@@ -150,79 +235,55 @@ def solve(
     # Python floats become arrays here, so that new values do not recompile.
     theta0 = jtu.tree_map(jnp.asarray, theta0)
     y0 = jtu.tree_map(jnp.asarray, y0)
-    return _solve(
+    problem = _OuterProblem(
         Problem(outer_fn, inner_fn),
-        algorithm,
-        optimiser,
-        theta0,
-        y0,
-        outer_args,
-        inner_args,
-        num_steps,
+        floats_to_arrays(outer_args),
+        floats_to_arrays(inner_args),
         batched_args,
-        metrics_fn,
-        project,
-        callback,
     )
+    loop = _OuterLoop(algorithm, optimiser, num_steps, metrics_fn, project)
+    return _solve(problem, loop, theta0, y0, throw, callback)
+
+
+def _run_steps(problem, loop, theta0, y0, callback):
+    """The core's `run_loop` for a loop that always runs exactly `loop.num_steps` steps, as a
+    `lax.scan` (measurably cheaper per step than a while loop here, and reverse-mode
+    differentiable): the same protocol calls, progress reports, result and stats."""
+    num_steps = loop.num_steps
+    every = max(1, num_steps // 100)
+
+    def body(carry, _):
+        theta, state = carry
+        theta, state = loop.step(problem, theta, state)
+        if callback is not None:
+            jax.lax.cond(
+                (state.t % every == 0) | (state.t == num_steps),
+                lambda: jax.debug.callback(callback, state.t, loop.error(problem, theta, state)),
+                lambda: None,
+            )
+        return (theta, state), None
+
+    state0 = loop.init(problem, theta0, {"y0": y0})
+    (theta, state), _ = jax.lax.scan(body, (theta0, state0), None, length=num_steps)
+    end_progress(callback, state.t)
+    _, result = loop.terminate(problem, theta, state)
+    theta, extra = loop.postprocess(problem, theta, state)
+    err = loop.error(problem, theta, state)
+    result = RESULTS.where(tree_all_finite(theta) & jnp.isfinite(err), result, RESULTS.nonfinite)
+    stats = {"num_steps": state.t, problem.error_name: err, **extra}
+    return theta, state, result, jax.lax.stop_gradient(stats)
 
 
 @eqx.filter_jit
-def _solve(
-    problem,
-    algorithm,
-    optimiser,
-    theta0,
-    y0,
-    outer_args,
-    inner_args,
-    num_steps,
-    batched,
-    metrics_fn,
-    project,
-    callback,
-):
+def _solve(problem, loop, theta0, y0, throw, callback):
     theta0 = jtu.tree_map(jnp.asarray, theta0)
-    y0 = jtu.tree_map(jnp.asarray, y0)
-    pick = (
-        (lambda tree, t: jtu.tree_map(lambda x: x[t], tree)) if batched else (lambda tree, t: tree)
+    theta, state, result, stats = _run_steps(problem, loop, theta0, y0, callback)
+    solution = BilevelSolution(
+        value=theta,
+        result=result,
+        stats=stats,
+        state=state.state,
+        y=loop.algorithm.inner_value(state.state),
+        metrics=state.metrics,
     )
-    state0 = algorithm.init(problem, theta0, y0, pick(outer_args, 0), pick(inner_args, 0))
-    opt_state0 = optimiser.init(theta0)
-    every = max(1, num_steps // 100)
-
-    def body(carry, t):
-        theta, opt_state, state = carry
-        oa, ia = pick(outer_args, t), pick(inner_args, t)
-        direction, state, metrics = algorithm.step(problem, theta, state, oa, ia, t)
-        metrics = dict(metrics, hypergrad_norm=tree_norm(direction))
-        if metrics_fn is not None:
-            metrics.update(metrics_fn(theta, algorithm.inner_value(state)))
-        updates, opt_state = optimiser.update(direction, opt_state, theta)
-        theta = optax.apply_updates(theta, updates)
-        theta, state = algorithm.after_update(problem, theta, state, ia)
-        if project is not None:
-            theta = project(theta)
-        if callback is not None:
-            jax.lax.cond(
-                ((t + 1) % every == 0) | (t + 1 == num_steps),
-                lambda: jax.debug.callback(callback, t + 1, metrics["outer_loss"]),
-                lambda: None,
-            )
-        return (theta, opt_state, state), metrics
-
-    (theta, _, state), metrics = jax.lax.scan(
-        body, (theta0, opt_state0, state0), jnp.arange(num_steps)
-    )
-    if callback is not None:
-        jax.debug.callback(lambda *_: __import__("sys").stderr.write("\n"), num_steps)
-    finite = jnp.all(jnp.isfinite(metrics["outer_loss"])) & jnp.isfinite(tree_norm(theta))
-    result = RESULTS.where(
-        ~finite,
-        RESULTS.nonfinite,
-        RESULTS.where(
-            jnp.all(metrics["inner_converged"]), RESULTS.successful, RESULTS.inner_not_converged
-        ),
-    )
-    return BilevelSolution(
-        theta=theta, y=algorithm.inner_value(state), metrics=metrics, result=result, state=state
-    )
+    return apply_throw(solution, throw)
