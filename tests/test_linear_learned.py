@@ -141,4 +141,4 @@ def test_bad_input():
     # a non-SPD operator: breakdown reported, not NaN
     M = jnp.array([[1.0, 0.0], [0.0, -1.0]])
     _, _, result = _solve(M, jnp.array([0.0, 1.0]), js.linear.FlexibleCG(tol=1e-8))
-    assert result == js.RESULTS.breakdown
+    assert result == js.RESULTS.not_positive_definite

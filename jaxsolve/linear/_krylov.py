@@ -47,6 +47,7 @@ class KrylovCycles(AbstractLinearIteration):
     m: int = eqx.field(static=True)
     max_iters: int = eqx.field(static=True)
     exact_residual = True
+    keep_h = False  # GCRO-DR's update needs the raw Hessenberg matrix
 
     def loop_steps(self) -> int:
         return self.max_iters + self.max_iters // self.m + 2
@@ -57,7 +58,7 @@ class KrylovCycles(AbstractLinearIteration):
 
     def _start(self, problem, y, r, recycled, num_matvecs, status):
         beta = jnp.sqrt(dot(r, r))
-        a = arnoldi_start(r.reshape(-1), beta, self.m)
+        a = arnoldi_start(r.reshape(-1), beta, self.m, keep_h=self.keep_h)
         false, true = jnp.array(False), jnp.array(True)
         return CycleState(
             a, beta, beta, true, false, jnp.array(0, jnp.int32), num_matvecs, status, recycled

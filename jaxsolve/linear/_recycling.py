@@ -71,6 +71,7 @@ class _GCRODRIteration(KrylovCycles):
     this operator: `k` matvecs to re-orthonormalise `A U = C`."""
 
     k: int = eqx.field(static=True, default=1)
+    keep_h = True
 
     def init(self, problem, y, options):
         space = options["space"]
