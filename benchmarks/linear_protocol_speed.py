@@ -61,7 +61,11 @@ print(json.dumps({"file": js.__file__, "cg_per_iter_us": 1e6 * t / steps, "cg_st
 def run(root):
     env = dict(os.environ, PYTHONPATH=root)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
         cwd="/",  # not the caller's directory: `-c` puts it first on sys.path
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -26,7 +26,9 @@ def arnoldi_start(r: Array, beta, m: int, keep_h: bool = False) -> Arnoldi:
     V = jnp.zeros((m + 1, r.size), dtype).at[0].set(v0)
     H = jnp.zeros((m + 1, m), dtype)
     Q = jnp.eye(m + 1, dtype=dtype)
-    return Arnoldi(V, H if keep_h else None, H, Q, jnp.asarray(beta, dtype), jnp.array(0, jnp.int32))
+    return Arnoldi(
+        V, H if keep_h else None, H, Q, jnp.asarray(beta, dtype), jnp.array(0, jnp.int32)
+    )
 
 
 def _project(w, C):

@@ -148,7 +148,12 @@ def run_iteration(
     """Run `iteration` on `problem` through `iterative_solve`; return the `js.Solution` with
     its result checked against the TRUE residual: `successful` only when `‖b − Ay‖/‖b‖ ≤ tol`."""
     sol = iterative_solve(
-        problem, iteration, y0, max_steps=max_steps, adjoint=_LoopOnly(), throw=False,
+        problem,
+        iteration,
+        y0,
+        max_steps=max_steps,
+        adjoint=_LoopOnly(),
+        throw=False,
         options=options,
     )
     short = (sol.result == RESULTS.successful) & ~(sol.stats["error"] <= iteration.tol)

@@ -85,7 +85,14 @@ class KrylovCycles(AbstractLinearIteration):
         restart = (a.j >= self.m) | (ls <= self.tol * problem.norm_b) | ~(hn > 0)
         restart = restart | (iters >= self.max_iters) | ~jnp.isfinite(ls)
         new = CycleState(
-            a, ls, s.beta_prev, jnp.array(False), restart, iters, s.num_matvecs + 1, s.status,
+            a,
+            ls,
+            s.beta_prev,
+            jnp.array(False),
+            restart,
+            iters,
+            s.num_matvecs + 1,
+            s.status,
             recycled,
         )
         return y, new

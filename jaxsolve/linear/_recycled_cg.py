@@ -210,8 +210,9 @@ class RecycledCG(eqx.Module):
         sigma = jnp.max(jnp.where(space.valid, theta, -jnp.inf))
         factor = jnp.where(space.valid, sigma / theta - 1, 0)
         tol = linear_default_tol(b.dtype) if self.tol is None else self.tol
-        iteration = CGIteration(jnp.asarray(tol, b.dtype), _Spectral(space.W, factor, scale),
-                                valid, harvest=h)
+        iteration = CGIteration(
+            jnp.asarray(tol, b.dtype), _Spectral(space.W, factor, scale), valid, harvest=h
+        )
         flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
         sol = run_iteration(iteration, LinearProblem(flat, bf), x, self.max_steps)
         x, state, result, stats = sol.value, sol.state, sol.result, sol.stats

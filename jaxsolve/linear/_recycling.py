@@ -222,9 +222,7 @@ class GCRODR(eqx.Module):
         m = min(self.restart, b.size)
         iteration = _GCRODRIteration(tol, m, self.max_steps, k=self.recycle)
         problem = LinearProblem(flat, bf)
-        sol = run_iteration(
-            iteration, problem, x, iteration.loop_steps(), options={"space": space}
-        )
+        sol = run_iteration(iteration, problem, x, iteration.loop_steps(), options={"space": space})
         rec = sol.state.recycled
         out = Solution(value=sol.value.reshape(shape), result=sol.result, stats=sol.stats)
         return out, RecycleSpace(rec.U, rec.valid)

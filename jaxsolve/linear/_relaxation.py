@@ -1,5 +1,6 @@
 """Stationary (relaxation) iterations: Jacobi, SOR(ω) and SSOR(ω), run by the core loop."""
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -36,8 +37,8 @@ class _RelaxIteration(AbstractLinearIteration):
     the true residual. `valid`: ω lies in (0, 2) (else `invalid_input`, before any sweep)."""
 
     tol: Any
-    solve_m: eqx.Module
-    solve_m2: eqx.Module | None
+    solve_m: Callable[[Array], Array]
+    solve_m2: Callable[[Array], Array] | None
     valid: Any = True
     exact_residual = True
 
@@ -95,7 +96,6 @@ class _AbstractRelaxation(AbstractIterativeLinearSolver):
     def conj(self, state, options):
         operator, _ = state
         return self.init(lx.conj(operator), options), options
-
 
 
 class Jacobi(_AbstractRelaxation):
