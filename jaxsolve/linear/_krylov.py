@@ -1,10 +1,10 @@
 """Restarted GMRES and BiCGStab for general (non-symmetric) systems, on the core protocol.
 
-`KrylovCycles` is the restarted Arnoldi iteration that GMRES runs and GCRO-DR extends: one
-Arnoldi iteration per loop step, and at the end of a cycle (its `restart` iterations, or as soon
-as the least-squares residual meets `tol`) a restart step that moves the iterate and computes
-the TRUE residual `b − Ax` with one matvec. The solve ends only on a restart step, so
-`successful` always means the true residual met `tol`."""
+`KrylovCycles` is the restarted Arnoldi iteration that GMRES runs and GCRO-DR extends: a loop
+step is one cycle of Arnoldi iterations (the one Arnoldi process, `_arnoldi.py`), stopped early
+as soon as the least-squares residual meets `tol`; the cycle ends by moving the iterate and
+computing the TRUE residual `b − Ax` with one matvec, which is what the solve stops on, so
+`successful` always means the true residual met `tol`. Iterations, not cycles, are counted."""
 
 from typing import Any
 
@@ -15,7 +15,7 @@ import lineax as lx
 from jaxtyping import Array, Scalar
 
 from .._solution import RESULTS
-from ._arnoldi import Arnoldi, arnoldi_residual, arnoldi_solution, arnoldi_start, arnoldi_step
+from ._arnoldi import arnoldi_residual, arnoldi_solution, arnoldi_start, arnoldi_step
 from ._common import (
     DEFAULT_MAX_STEPS,
     AbstractIterativeLinearSolver,
@@ -29,19 +29,21 @@ from ._common import (
 
 
 class CycleState(eqx.Module):
-    arnoldi: Arnoldi
-    res_norm: Scalar  # true residual after a restart step, least-squares residual otherwise
-    beta_prev: Scalar  # true residual at the previous restart (stagnation test)
-    checked: Array  # the last step was a restart step: res_norm is the true residual
-    restart_next: Array
+    r: Array  # the TRUE residual b − Ax (flattened), computed with a matvec at each restart
+    res_norm: Scalar
+    ready: Array  # the iterate is final for this residual (GCRO-DR: its projection is added)
     num_iters: Array
     num_matvecs: Array
     status: RESULTS
-    recycled: Any = None  # GCRO-DR's (U, C, B, valid)
+    recycled: Any = None  # GCRO-DR's recycled space
 
 
 class KrylovCycles(AbstractLinearIteration):
-    """Restarted GMRES(m) on a `LinearProblem` (vectors of any shape, flattened inside)."""
+    """Restarted GMRES(m) on a `LinearProblem` (vectors of any shape, flattened inside). One
+    loop step is one cycle: Arnoldi iterations (an inner loop, one matvec each) until `m` of
+    them, the least-squares residual meets `tol`, the Krylov space is invariant, or the budget
+    of `max_iters` iterations is spent; then the iterate moves and the true residual is
+    computed (one matvec). `num_steps` reports iterations, not cycles."""
 
     tol: Any
     m: int = eqx.field(static=True)
@@ -50,82 +52,75 @@ class KrylovCycles(AbstractLinearIteration):
     keep_h = False  # GCRO-DR's update needs the raw Hessenberg matrix
 
     def loop_steps(self) -> int:
-        return self.max_iters + self.max_iters // self.m + 2
+        return self.max_iters + 1  # every cycle does at least one iteration
 
     def _mv(self, problem):
         shape = problem.b.shape
         return lambda v: problem.operator.mv(v.reshape(shape)).reshape(-1)
 
-    def _start(self, problem, y, r, recycled, num_matvecs, status):
-        beta = jnp.sqrt(dot(r, r))
-        a = arnoldi_start(r.reshape(-1), beta, self.m, keep_h=self.keep_h)
-        false, true = jnp.array(False), jnp.array(True)
-        return CycleState(
-            a, beta, beta, true, false, jnp.array(0, jnp.int32), num_matvecs, status, recycled
-        )
+    def _state(self, r, num_iters, num_matvecs, status, recycled, ready=True):
+        res = jnp.sqrt(dot(r, r))
+        return CycleState(r, res, jnp.asarray(ready), num_iters, num_matvecs, status, recycled)
 
     def init(self, problem, y, options):
-        r = problem.b - problem.operator.mv(y)
+        r = (problem.b - problem.operator.mv(y)).reshape(-1)
         status = initial_status(jnp.array(True))
-        return self._start(problem, y, r, None, jnp.array(1, jnp.int32), status)
-
-    def step(self, problem, y, s):
-        return jax.lax.cond(
-            s.restart_next, lambda: self.restart(problem, y, s), lambda: self.iterate(problem, y, s)
-        )
+        return self._state(r, jnp.array(0, jnp.int32), jnp.array(1, jnp.int32), status, None)
 
     def project(self, s) -> Array | None:
+        """Rows every new Arnoldi vector is orthogonalised against (GCRO-DR's C)."""
         return None
 
-    def iterate(self, problem, y, s):
-        a, coef, hn = arnoldi_step(self._mv(problem), s.arnoldi, self.project(s))
-        recycled = self.record(s, coef)
-        ls = arnoldi_residual(a)
-        iters = s.num_iters + 1
-        restart = (a.j >= self.m) | (ls <= self.tol * problem.norm_b) | ~(hn > 0)
-        restart = restart | (iters >= self.max_iters) | ~jnp.isfinite(ls)
-        new = CycleState(
-            a,
-            ls,
-            s.beta_prev,
-            jnp.array(False),
-            restart,
-            iters,
-            s.num_matvecs + 1,
-            s.status,
-            recycled,
+    def coefficients(self, s) -> Array | None:
+        """GCRO-DR's (k, m) coefficients of the Arnoldi images on C."""
+        return None
+
+    def step(self, problem, y, s):
+        mv, C = self._mv(problem), self.project(s)
+        target = self.tol * problem.norm_b
+        a0 = arnoldi_start(s.r, s.res_norm, self.m, keep_h=self.keep_h)
+        one = jnp.ones((), s.res_norm.dtype)
+
+        def more(carry):
+            a, _, hn, iters = carry
+            ls = arnoldi_residual(a)
+            return (a.j < self.m) & (ls > target) & (hn > 0) & (iters < self.max_iters)
+
+        def arnoldi(carry):
+            a, B, _, iters = carry
+            j = a.j
+            a, coef, hn = arnoldi_step(mv, a, C)
+            if B is not None:
+                B = B.at[:, j].set(coef)
+            return a, B, hn, iters + 1
+
+        carry = (a0, self.coefficients(s), one, s.num_iters)
+        a, B, _, iters = jax.lax.while_loop(more, arnoldi, carry)
+        y, recycled = self.update(problem, y, s, a, B)
+        y, r = self.residual(problem, y, recycled)
+        new = self._state(
+            r.reshape(-1), iters, s.num_matvecs + (iters - s.num_iters) + 1, s.status, recycled
         )
-        return y, new
+        # No progress over a whole cycle: restarted GMRES has stagnated (e.g. a singular A).
+        eps = jnp.finfo(new.res_norm.dtype).eps
+        stalled = (new.res_norm >= s.res_norm * (1 - 1e3 * eps)) & (s.res_norm > 0) & s.ready
+        stalled = stalled & ~(new.res_norm <= target)
+        status = status_of(jnp.isfinite(new.res_norm), ~stalled, RESULTS.krylov_stagnation)
+        return y, eqx.tree_at(lambda q: q.status, new, status)
 
-    def record(self, s, coef):
-        return s.recycled
-
-    def update(self, problem, y, s) -> tuple[Array, Any]:
+    def update(self, problem, y, s, a, B) -> tuple[Array, Any]:
         """The iterate at the end of a cycle (and GCRO-DR's new recycled space)."""
-        z = arnoldi_solution(s.arnoldi)
-        return y + (z @ s.arnoldi.V[: self.m]).reshape(y.shape), s.recycled
+        z = arnoldi_solution(a)
+        return y + (z @ a.V[: self.m]).reshape(y.shape), s.recycled
 
     def residual(self, problem, y, recycled):
         return y, problem.b - problem.operator.mv(y)
 
-    def restart(self, problem, y, s):
-        y, recycled = self.update(problem, y, s)
-        y, r = self.residual(problem, y, recycled)
-        beta = jnp.sqrt(dot(r, r))
-        # No progress over a whole cycle: restarted GMRES has stagnated (e.g. a singular A).
-        eps = jnp.finfo(beta.dtype).eps
-        stalled = (beta >= s.beta_prev * (1 - 1e3 * eps)) & (s.beta_prev > 0)
-        stalled = stalled & ~(beta <= self.tol * problem.norm_b)
-        status = status_of(jnp.isfinite(beta), ~stalled, RESULTS.krylov_stagnation)
-        status = RESULTS.where(s.status != RESULTS.successful, s.status, status)
-        new = self._start(problem, y, r, recycled, s.num_matvecs + 1, status)
-        return y, eqx.tree_at(lambda q: q.num_iters, new, s.num_iters)
-
     def converged(self, problem, y, s):
         err = s.res_norm / problem.norm_b
         finite = jnp.isfinite(err)
-        conv = s.checked & (err <= self.tol)
-        out = s.checked & (s.num_iters >= self.max_iters)
+        conv = s.ready & (err <= self.tol)
+        out = s.num_iters >= self.max_iters
         result = RESULTS.where(
             ~finite,
             RESULTS.nonfinite,

@@ -43,7 +43,6 @@ class RecycleSpace(eqx.Module):
 class _Recycled(eqx.Module):
     U: Array  # (k, n), A U = C
     C: Array  # (k, n), orthonormal rows
-    B: Array  # (k, m): C-coefficients of the current cycle's Arnoldi vectors
     valid: Array
     pending: Array  # (n,): the projection onto U found by `init`, added at the first restart
 
@@ -86,28 +85,26 @@ class _GCRODRIteration(KrylovCycles):
         U = jnp.where(space.valid, jax.scipy.linalg.solve_triangular(R, U, trans="T"), 0)
         cr = C @ r
         r = r - cr @ C
-        B = jnp.zeros((self.k, self.m), r.dtype)
-        recycled = _Recycled(U, C, B, space.valid, cr @ U)
+        recycled = _Recycled(U, C, space.valid, cr @ U)
         k_mv = jnp.where(space.valid, self.k, 0).astype(jnp.int32)
-        state = self._start(problem, y, r, recycled, 1 + k_mv, initial_status(jnp.array(True)))
-        # The iterate still lacks its projection on U: never stop before the first restart.
-        return eqx.tree_at(lambda s: s.checked, state, ~space.valid)
+        status = initial_status(jnp.array(True))
+        # The iterate still lacks its projection on U (added by the first cycle): not final.
+        return self._state(r, jnp.array(0, jnp.int32), 1 + k_mv, status, recycled, ~space.valid)
 
     def project(self, s):
         return s.recycled.C
 
-    def record(self, s, coef):
-        rec = s.recycled
-        return eqx.tree_at(lambda q: q.B, rec, rec.B.at[:, s.arnoldi.j].set(coef))
+    def coefficients(self, s):
+        return jnp.zeros((self.k, self.m), s.r.dtype)
 
-    def update(self, problem, y, s):
+    def update(self, problem, y, s, a, B):
         m, k = self.m, self.k
-        a, rec = s.arnoldi, s.recycled
+        rec = s.recycled
         dtype = y.dtype
-        V, H, B = a.V, a.H, rec.B
+        V, H = a.V, a.H
         z = arnoldi_solution(a)
         y = y + rec.pending + z @ V[:m] - (B @ z) @ rec.U
-        e1 = jnp.zeros(m + 1, dtype).at[0].set(s.beta_prev)
+        e1 = jnp.zeros(m + 1, dtype).at[0].set(a.beta)
         r_cycle = (e1 - H @ z) @ V  # the residual in exact arithmetic
 
         # Update the recycle space from the augmented relation A [Ũ; V_m]ᵀ = [C; V_{m+1}]ᵀ G.
@@ -126,8 +123,7 @@ class _GCRODRIteration(KrylovCycles):
         U, C = jnp.where(ok, U, rec.U), jnp.where(ok, C, rec.C)
         cr = C @ r_cycle
         y = y + cr @ U
-        new = _Recycled(U, C, jnp.zeros_like(B), rec.valid | ok, jnp.zeros_like(rec.pending))
-        return y, new
+        return y, _Recycled(U, C, rec.valid | ok, jnp.zeros_like(rec.pending))
 
     def residual(self, problem, y, recycled):
         # The TRUE residual, kept orthogonal to C (a correction of rounding size, A U = C).
