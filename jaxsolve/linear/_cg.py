@@ -93,16 +93,21 @@ class CGIteration(AbstractLinearIteration):
 class CG(AbstractIterativeLinearSolver):
     """Conjugate gradients for symmetric positive definite `A`, with an optional preconditioner.
 
-    Runs in jaxsolve's loop (so `sol.stats` has `num_steps`, `error`, `num_matvecs`, and
-    failure is a result). The error measure is the relative residual `‖b − Ax‖ / ‖b‖`; the
-    solve stops when it is at most `tol`. A non-positive curvature `pᵀAp ≤ 0` (a matrix that is
-    not positive definite) stops the solve with `RESULTS.breakdown` instead of producing NaN.
+    Runs in jaxsolve's loop (so `sol.stats` has `num_steps` (iterations, one matvec each),
+    `error`, `num_matvecs`, and failure is a result). The error measure is the relative
+    residual `‖b − Ax‖ / ‖b‖`; the iteration stops when its recursive residual is at most
+    `tol`, then the TRUE residual is checked with one more matvec (`stats["error"]` is the true
+    one; a true residual that misses `tol` is `RESULTS.inaccurate_residual`). A non-positive
+    curvature `pᵀAp ≤ 0` (an operator or preconditioner that is not positive definite) stops
+    the solve with `RESULTS.not_positive_definite` instead of producing NaN; NaN in the data
+    gives `RESULTS.nonfinite`; a traced invalid preconditioner parameter (SSOR's ω outside
+    (0, 2)) gives `RESULTS.invalid_input`, per member under `vmap`.
     It is a `lineax.AbstractLinearSolver`, so it also serves as the adjoint solver of other
     families: `js.ImplicitAdjoint(linear_solver=js.linear.CG(...))`.
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of iterations (one matvec each).
     - `preconditioner`: `None`, `js.linear.JacobiPreconditioner()`,
       `js.linear.SSORPreconditioner(omega)`, a lineax operator applying `M⁻¹`, or any callable

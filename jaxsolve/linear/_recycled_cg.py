@@ -88,14 +88,16 @@ class RecycledCG(eqx.Module):
 
     Pure: `space = rcg.init(b)` then `sol, space = rcg.solve(A, b, space)` for each system, in
     a Python loop or `lax.scan`. `sol.stats` has `num_steps`, `num_matvecs` (everything,
-    including the harvest) and `error` (`‖b − Ax‖/‖b‖` from the recurrence). Not
+    including the harvest and the final true-residual check) and `error` (the true
+    `‖b − Ax‖/‖b‖`). With `jacobi=True`, a non-positive diagonal gives
+    `RESULTS.invalid_input` (per system under `vmap`) and leaves the space unchanged. Not
     differentiable (use `js.linear.solve` for a differentiable solve).
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of CG iterations per system.
-    - `recycle`: `k`, the number of vectors carried.
+    - `recycle`: `k`, the number of vectors carried (at most the system size).
     - `harvest`: the number of search directions kept for the Rayleigh–Ritz step (default `2k`).
     - `refresh`: update the carried vectors after every `refresh`-th solve (1: every solve).
     - `jacobi`: build the update on top of Jacobi scaling, `M⁻¹ = D^{-1/2} (I + Σᵢ (σ/θᵢ − 1)

@@ -143,16 +143,18 @@ class GCRODR(eqx.Module):
     system, in a Python loop or `lax.scan`. For each new `A` the `k` recycled vectors cost `k`
     matvecs (to re-orthonormalise `A U`); a cycle costs at most `m` (it stops as soon as the
     Arnoldi least-squares residual meets `tol`). `sol.stats` has `num_steps`
-    (cycles), `num_matvecs` and `error` (`‖b − Ax‖/‖b‖`). Derivatives are not provided here
+    (iterations: Arnoldi steps, as for `GMRES`), `num_matvecs` and `error` (the true
+    `‖b − Ax‖/‖b‖`). Derivatives are not provided here
     (use `js.linear.solve` for a differentiable solve); order similar systems next to each
     other with `js.linear.order_by_similarity`.
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
-    - `max_steps`: the largest number of cycles per system.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
+    - `max_steps`: the most iterations per system (Arnoldi steps; a cycle is `restart`).
     - `restart`: `m`, Arnoldi steps per cycle.
-    - `recycle`: `k`, vectors carried (`k < m`).
+    - `recycle`: `k`, vectors carried (`k < m`, and `k <` the system size; a `restart`
+      larger than the system size is reduced to it).
 
     **Example:**
 
