@@ -47,9 +47,9 @@ class LinearProblem(AbstractProblem):
 
     ```python
     import jax.numpy as jnp, lineax as lx
-    from jaxsolve.linear._common import LinearProblem
+    import jaxsolve as js
 
-    problem = LinearProblem(lx.MatrixLinearOperator(2.0 * jnp.eye(2)), jnp.ones(2))
+    problem = js.linear.LinearProblem(lx.MatrixLinearOperator(2.0 * jnp.eye(2)), jnp.ones(2))
     assert jnp.allclose(problem.optimality(jnp.full(2, 0.5)), 0.0)
     ```
     """
