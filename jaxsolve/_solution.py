@@ -63,6 +63,17 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "residual became orthogonal to the residual). Try js.linear.GMRES, or another "
         "starting point `x0`."
     )
+    krylov_stagnation = (
+        "The restarted Krylov solve (GMRES / GCRO-DR) made no progress over a whole cycle of "
+        "`restart` iterations: A may be singular, or the Krylov space of one cycle too small "
+        "for this system. Increase `restart`, precondition the system, or try "
+        "js.linear.BiCGStab."
+    )
+    inaccurate_residual = (
+        "The solver's recurrence met `tol`, but the true relative residual ‖b − Ax‖/‖b‖ did "
+        "not: rounding limits the accuracy this solver can reach on this system in this dtype. "
+        "Loosen `tol`, solve in float64, or precondition the system."
+    )
 
 
 class Solution(eqx.Module):

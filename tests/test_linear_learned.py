@@ -138,7 +138,7 @@ def test_bad_input():
         NET(jnp.ones((6, 8)))
     with pytest.raises(TypeError, match="preconditioner"):
         js.linear.FlexibleCG(direction=3)
-    # a non-SPD operator: breakdown reported, not NaN
+    # a non-SPD operator: not_positive_definite reported, not NaN
     M = jnp.array([[1.0, 0.0], [0.0, -1.0]])
     _, _, result = _solve(M, jnp.array([0.0, 1.0]), js.linear.FlexibleCG(tol=1e-8))
-    assert result == js.RESULTS.breakdown
+    assert result == js.RESULTS.not_positive_definite

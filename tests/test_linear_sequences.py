@@ -421,5 +421,7 @@ def test_recycled_cg_jacobi_bad_input():
     with pytest.raises(TypeError, match="jacobi"):
         js.linear.RecycledCG(jacobi=1)
     rcg = js.linear.RecycledCG(recycle=2, jacobi=True)
-    with pytest.raises(Exception, match="positive diagonal"):
-        rcg.solve(-jnp.eye(4), jnp.ones(4), rcg.init(jnp.ones(4)))
+    # A non-positive diagonal (A not SPD) is a value problem: a result, not an exception.
+    sol, space = rcg.solve(-jnp.eye(4), jnp.ones(4), rcg.init(jnp.ones(4)))
+    assert sol.result == js.RESULTS.invalid_input
+    assert not bool(space.valid.any())

@@ -3,6 +3,7 @@ sequences of related systems, and learned search directions (DCDM)."""
 
 from ._bandit import BanditState as BanditState, RelaxationBandit as RelaxationBandit
 from ._cg import CG as CG
+from ._common import LinearProblem as LinearProblem
 from ._dcdm import (
     dcdm_loss as dcdm_loss,
     low_frequency_rhs as low_frequency_rhs,

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 from jaxtyping import Array, PRNGKeyArray, Scalar
 
+_Tracer = jax.core.Tracer  # pyright: ignore[reportAttributeAccessIssue]
+
 
 class BanditState(eqx.Module):
     """The state a `RelaxationBandit` threads through a sequence (a pytree: carry it in
@@ -158,7 +160,7 @@ class RelaxationBandit(eqx.Module):
         om = self.omegas
         if not eqx.is_array(om) or om.ndim != 1 or om.size < 2:
             raise ValueError("`omegas` must be a 1-D array of at least two relaxations.")
-        if not isinstance(om, jax.core.Tracer) and not bool(jnp.all((om > 0) & (om < 2))):
+        if not isinstance(om, _Tracer) and not bool(jnp.all((om > 0) & (om < 2))):
             raise ValueError(f"every ω in `omegas` must lie strictly between 0 and 2; got {om}.")
         if not isinstance(self.num_contexts, int) or self.num_contexts < 1:
             raise ValueError(f"`num_contexts` must be a positive int; got {self.num_contexts!r}.")
@@ -166,7 +168,7 @@ class RelaxationBandit(eqx.Module):
             raise ValueError(f"`policy` must be 'tsallis' or 'unimodal'; got {self.policy!r}.")
         if (
             self.policy == "unimodal"
-            and not isinstance(om, jax.core.Tracer)
+            and not isinstance(om, _Tracer)
             and not bool(jnp.all(jnp.diff(om) > 0))
         ):
             raise ValueError(

@@ -12,11 +12,11 @@ from jaxtyping import Array, PRNGKeyArray, Scalar
 from ._common import dot
 
 
-def _as_mv(A):
+def _as_mv(A) -> Callable[[Array], Array]:
     if isinstance(A, lx.AbstractLinearOperator):
         return A.mv
     if callable(A):
-        return A
+        return A  # pyright: ignore[reportReturnType]
     A = jnp.asarray(A)
     return lambda v: (A @ v.reshape(-1)).reshape(v.shape)
 

@@ -9,9 +9,18 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Scalar
 
-from .._checks import check_max_steps, check_tol
 from .._solution import RESULTS
-from ._common import LinearIteration, check_square, dot, run_iteration
+from ._cg import descend
+from ._common import (
+    DEFAULT_MAX_STEPS,
+    AbstractIterativeLinearSolver,
+    AbstractLinearIteration,
+    LinearProblem,
+    check_square,
+    dot,
+    initial_status,
+    status_of,
+)
 from ._preconditioners import AbstractPreconditioner, as_preconditioner
 
 
@@ -23,15 +32,16 @@ class _FCGState(eqx.Module):
     slot: Array  # where the next direction goes
     res_norm: Scalar
     num_matvecs: Array
+    status: RESULTS
 
 
-class _FCGIteration(LinearIteration):
+class _FCGIteration(AbstractLinearIteration):
+    tol: Any
     direction: Any  # r -> direction, or None (the residual itself)
     num_orth: int = eqx.field(static=True)
 
-    def init(self, fn, y, args):
-        b, _ = args
-        r = b - fn.mv(y)
+    def init(self, problem, y, options):
+        r = problem.b - problem.operator.mv(y)
         k = self.num_orth
         zeros = jnp.zeros((k, *r.shape), r.dtype)
         return _FCGState(
@@ -42,9 +52,10 @@ class _FCGIteration(LinearIteration):
             jnp.array(0, jnp.int32),
             jnp.sqrt(dot(r, r)),
             jnp.array(1, jnp.int32),
+            initial_status(jnp.array(True)),
         )
 
-    def step(self, fn, y, args, state):
+    def step(self, problem, y, state):
         r = state.r
         # The direction only matters up to scale: feed the map a unit residual, so that a
         # network sees inputs of the size it was trained on.
@@ -56,12 +67,11 @@ class _FCGIteration(LinearIteration):
         coef = jax.vmap(lambda ap: dot(z, ap))(state.ap) / jnp.where(used, state.pap, 1)
         coef = jnp.where(used, coef, 0)
         p = z - jnp.tensordot(coef, state.p, axes=1)
-        ap = fn.mv(p)
-        pap = dot(p, ap)
-        ok = (pap > 0) & jnp.isfinite(pap)
-        alpha = jnp.where(ok, dot(p, r) / jnp.where(ok, pap, 1), 0)
-        y = y + alpha * p
-        r = r - alpha * ap
+        ap = problem.operator.mv(p)
+        # The exact line search along p: CG's own update.
+        y, r, pap, ok, finite = descend(y, r, p, ap, dot(p, r))
+        finite = finite & jnp.all(jnp.isfinite(z))
+        ok = ok & finite
         slot = state.slot
         new = _FCGState(
             r,
@@ -71,12 +81,12 @@ class _FCGIteration(LinearIteration):
             (slot + 1) % self.num_orth,
             jnp.where(ok, jnp.sqrt(dot(r, r)), state.res_norm),
             state.num_matvecs + 1,
+            status_of(finite, ok, RESULTS.not_positive_definite),
         )
-        result = RESULTS.where(ok, RESULTS.successful, RESULTS.breakdown)
-        return y, new, result
+        return y, new
 
 
-class FlexibleCG(lx.AbstractLinearSolver):
+class FlexibleCG(AbstractIterativeLinearSolver):
     """Flexible conjugate directions for symmetric positive definite `A`, with the search
     direction produced by any map of the residual — a preconditioner, or a trained network
     (the Deep Conjugate Direction Method, Kaneda et al., ICML 2023).
@@ -87,8 +97,8 @@ class FlexibleCG(lx.AbstractLinearSolver):
     need not be symmetric (this is why the method is *flexible*); it only has to give
     directions of descent. With `direction=None` (the residual itself) and `num_orth ≥ 1` it is
     CG; with `direction = A⁻¹` it converges in one step. Stops at relative residual
-    `‖b − Ax‖/‖b‖ ≤ tol`; `pᵀAp ≤ 0` or a non-finite direction stops it with
-    `RESULTS.breakdown`.
+    `‖b − Ax‖/‖b‖ ≤ tol`; `pᵀAp ≤ 0` stops it with
+    `RESULTS.not_positive_definite`, a non-finite direction with `RESULTS.nonfinite`.
 
     Each step reduces the A-norm of the error (the line search is exact), but only a good
     direction map makes it fast: with an untrained network convergence can be far slower than
@@ -122,13 +132,11 @@ class FlexibleCG(lx.AbstractLinearSolver):
     """
 
     direction: AbstractPreconditioner | None = eqx.field(default=None, converter=as_preconditioner)
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=10_000)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_STEPS)
     num_orth: int = eqx.field(static=True, default=2)
 
     def __check_init__(self):
-        check_tol(self.tol)
-        check_max_steps(self.max_steps)
         if not isinstance(self.num_orth, int) or self.num_orth < 1:
             raise ValueError(
                 "FlexibleCG needs `num_orth` ≥ 1 (the number of previous directions to "
@@ -140,11 +148,10 @@ class FlexibleCG(lx.AbstractLinearSolver):
         d = None if self.direction is None else self.direction.build(operator)
         return operator, d
 
-    def compute(self, state, vector, options):
+    def iteration(self, state, vector):
         operator, d = state
-        return run_iteration(
-            _FCGIteration(d, self.num_orth), operator, vector, options, self.tol, self.max_steps
-        )
+        tol = self.resolved_tol(vector.dtype)
+        return _FCGIteration(tol, d, self.num_orth), LinearProblem(operator, vector)
 
     def transpose(self, state, options):
         # For the adjoint solve: Aᵀ = A, and the direction map needs no symmetry here.
@@ -153,6 +160,3 @@ class FlexibleCG(lx.AbstractLinearSolver):
     def conj(self, state, options):
         operator, d = state
         return (lx.conj(operator), d), options
-
-    def assume_full_rank(self):
-        return True

@@ -9,7 +9,7 @@ import jax.scipy.linalg as jsl
 import lineax as lx
 from jaxtyping import Array
 
-from ._common import check_omega, checked_omega
+from ._common import check_omega, omega_and_valid
 from ._stencil import Stencil5, StencilSweep
 
 
@@ -19,6 +19,11 @@ class AbstractPreconditioner(eqx.Module):
 
     @abc.abstractmethod
     def build(self, operator: lx.AbstractLinearOperator) -> Callable[[Array], Array]: ...
+
+    def valid(self, operator: lx.AbstractLinearOperator) -> Array:
+        """Whether the preconditioner's (possibly traced) parameters are valid; a solve with an
+        invalid one reports `RESULTS.invalid_input` (per member under `vmap`)."""
+        return jnp.array(True)
 
 
 class JacobiPreconditioner(AbstractPreconditioner):
@@ -82,15 +87,18 @@ class SSORPreconditioner(AbstractPreconditioner):
     def __check_init__(self):
         check_omega(self.omega, "SSORPreconditioner")
 
+    def valid(self, operator):
+        return omega_and_valid(self.omega, operator.in_structure().dtype)[1]
+
     def build(self, operator):
         shape = operator.in_structure().shape
         if isinstance(operator, Stencil5):
-            omega = checked_omega(self.omega, operator.center.dtype)
+            omega, _ = omega_and_valid(self.omega, operator.center.dtype)
             fwd = StencilSweep.build(operator, omega, True)
             bwd = StencilSweep.build(operator, omega, False)
             return _StencilSSORApply(fwd, bwd, operator.center / omega, (2 - omega) / omega)
         A = operator.as_matrix()
-        omega = checked_omega(self.omega, A.dtype)
+        omega, _ = omega_and_valid(self.omega, A.dtype)
         d = jnp.diag(A) / omega
         lower = jnp.tril(A, -1) + jnp.diag(d)
         upper = jnp.triu(A, 1) + jnp.diag(d)

@@ -5,11 +5,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Scalar
+from jaxtyping import Array
 
 from .._checks import check_max_steps, check_tol
-from .._solution import RESULTS, Solution
-from ._common import LinearIteration, iterate, safe_norm_b
+from .._solution import Solution
+from ._cg import CGIteration
+from ._common import DEFAULT_MAX_STEPS, LinearProblem, linear_default_tol, run_iteration
 from ._solve import as_operator
 
 
@@ -35,66 +36,18 @@ class RitzSpace(eqx.Module):
     count: Array  # int
 
 
-class _RCGState(eqx.Module):
-    r: Array
-    p: Array
-    rz: Scalar
-    res_norm: Scalar
-    P: Array  # (h, n): the first h search directions
-    AP: Array  # (h, n): their images
-    num_matvecs: Array
+class _Spectral(eqx.Module):
+    """`M⁻¹ = S (I + Wᵀ diag(factor) W) S`, with `S = D^{-1/2}` (jacobi=True) or `I`."""
 
-
-class _RCGIteration(LinearIteration):
-    mv: object
     W: Array
-    factor: Array  # (k,): M⁻¹ = S (I + Wᵀ diag(factor) W) S
-    scale: Array | None  # S = D^{-1/2} (jacobi=True) or None (S = I)
+    factor: Array
+    scale: Array | None
 
-    def precond(self, r):
+    def __call__(self, r):
         if self.scale is None:
             return r + (self.factor * (self.W @ r)) @ self.W
         r = self.scale * r
         return self.scale * (r + (self.factor * (self.W @ r)) @ self.W)
-
-    def init(self, fn, y, args):
-        b, _ = args
-        r = b - self.mv(y)
-        z = self.precond(r)
-        h = self.h
-        n = b.size
-        return _RCGState(
-            r,
-            z,
-            jnp.sum(r * z),
-            jnp.sqrt(jnp.sum(r * r)),
-            jnp.zeros((h, n), b.dtype),
-            jnp.zeros((h, n), b.dtype),
-            jnp.array(1, jnp.int32),
-        )
-
-    h: int = eqx.field(static=True, default=0)
-
-    def step(self, fn, y, args, s):
-        ap = self.mv(s.p)
-        pap = jnp.sum(s.p * ap)
-        ok = (pap > 0) & (s.rz > 0)
-        alpha = jnp.where(ok, s.rz / jnp.where(ok, pap, 1), 0)
-        y = y + alpha * s.p
-        r = s.r - alpha * ap
-        z = self.precond(r)
-        rz = jnp.sum(r * z)
-        beta = rz / jnp.where(ok, s.rz, 1)
-        # Keep the first h directions and their images for the Ritz harvest (no extra matvec).
-        j = s.num_matvecs - 1
-        keep = j < self.h
-        jj = jnp.minimum(j, self.h - 1)
-        # A one-row update in place (a `where` over the whole buffer would copy it every step).
-        P = s.P.at[jj].set(jnp.where(keep, s.p, s.P[jj]))
-        AP = s.AP.at[jj].set(jnp.where(keep, ap, s.AP[jj]))
-        res = jnp.where(ok, jnp.sqrt(jnp.sum(r * r)), s.res_norm)
-        new = _RCGState(r, z + beta * s.p, rz, res, P, AP, s.num_matvecs + 1)
-        return y, new, RESULTS.where(ok, RESULTS.successful, RESULTS.breakdown)
 
 
 def _rayleigh_ritz(Z, AZ, k):
@@ -135,14 +88,16 @@ class RecycledCG(eqx.Module):
 
     Pure: `space = rcg.init(b)` then `sol, space = rcg.solve(A, b, space)` for each system, in
     a Python loop or `lax.scan`. `sol.stats` has `num_steps`, `num_matvecs` (everything,
-    including the harvest) and `error` (`‖b − Ax‖/‖b‖` from the recurrence). Not
+    including the harvest and the final true-residual check) and `error` (the true
+    `‖b − Ax‖/‖b‖`). With `jacobi=True`, a non-positive diagonal gives
+    `RESULTS.invalid_input` (per system under `vmap`) and leaves the space unchanged. Not
     differentiable (use `js.linear.solve` for a differentiable solve).
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of CG iterations per system.
-    - `recycle`: `k`, the number of vectors carried.
+    - `recycle`: `k`, the number of vectors carried (at most the system size).
     - `harvest`: the number of search directions kept for the Rayleigh–Ritz step (default `2k`).
     - `refresh`: update the carried vectors after every `refresh`-th solve (1: every solve).
     - `jacobi`: build the update on top of Jacobi scaling, `M⁻¹ = D^{-1/2} (I + Σᵢ (σ/θᵢ − 1)
@@ -192,15 +147,16 @@ class RecycledCG(eqx.Module):
     ```
     """
 
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=10_000)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_STEPS)
     recycle: int = eqx.field(static=True, default=20)
     harvest: int | None = eqx.field(static=True, default=None)
     refresh: int = eqx.field(static=True, default=1)
     jacobi: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        check_tol(self.tol)
+        if self.tol is not None:
+            check_tol(self.tol)
         check_max_steps(self.max_steps)
         for name in ("recycle", "refresh"):
             v = getattr(self, name)
@@ -229,6 +185,11 @@ class RecycledCG(eqx.Module):
         b = jnp.asarray(b)
         op = as_operator(A, b)
         k = self.recycle
+        if k > b.size:
+            raise ValueError(
+                f"RecycledCG carries `recycle` = {k} vectors, more than the system size "
+                f"{b.size}; use recycle <= {b.size}."
+            )
         if space.W.shape != (k, b.size):
             raise ValueError(
                 f"`space` holds {space.W.shape[0]} vectors of size {space.W.shape[1]}; expected "
@@ -239,23 +200,26 @@ class RecycledCG(eqx.Module):
         mv = lambda v: op.mv(v.reshape(shape)).reshape(-1)
         bf = b.reshape(-1)
         x = jnp.zeros_like(bf) if x0 is None else jnp.asarray(x0, b.dtype).reshape(-1)
+        valid = jnp.array(True)
         if self.jacobi:
             d = jnp.asarray(lx.diagonal(op), b.dtype).reshape(-1)
-            d = eqx.error_if(
-                d, jnp.any(d <= 0), "RecycledCG(jacobi=True) needs a positive diagonal (SPD A)."
-            )
-            scale = 1 / jnp.sqrt(d)
+            # A non-positive diagonal (A not SPD): `invalid_input` for this system only.
+            valid = jnp.all(d > 0)
+            scale = 1 / jnp.sqrt(jnp.where(d > 0, d, 1))
         else:
             scale = None
         theta = jnp.where(space.valid, space.theta, 1)
         sigma = jnp.max(jnp.where(space.valid, theta, -jnp.inf))
         factor = jnp.where(space.valid, sigma / theta - 1, 0)
-        iteration = _RCGIteration(mv, space.W, factor, scale, h)
-        x, state, result, stats = iterate(
-            iteration, None, x, (bf, safe_norm_b(bf)), tol=self.tol, max_steps=self.max_steps
+        tol = linear_default_tol(b.dtype) if self.tol is None else self.tol
+        iteration = CGIteration(
+            jnp.asarray(tol, b.dtype), _Spectral(space.W, factor, scale), valid, harvest=h
         )
+        flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
+        sol = run_iteration(iteration, LinearProblem(flat, bf), x, self.max_steps)
+        x, state, result, stats = sol.value, sol.state, sol.result, sol.stats
         # Rayleigh–Ritz on span[W, P]: k matvecs for A W (skipped when there is nothing yet).
-        do = (space.count % self.refresh) == 0
+        do = ((space.count % self.refresh) == 0) & valid
         any_valid = jnp.any(space.valid)
 
         # With jacobi=True the carried vectors live in the scaled coordinates x̂ = D^{1/2} x of

@@ -4,11 +4,20 @@ Mackey, Johnson & Maiti 2006), as used by SKR (Wang et al., ICLR 2024)."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Scalar
+import lineax as lx
+from jaxtyping import Array
 
 from .._checks import check_max_steps, check_tol
-from .._solution import RESULTS, Solution
-from ._common import LinearIteration, iterate, safe_norm_b
+from .._solution import Solution
+from ._arnoldi import arnoldi_solution
+from ._common import (
+    DEFAULT_MAX_STEPS,
+    LinearProblem,
+    initial_status,
+    linear_default_tol,
+    run_iteration,
+)
+from ._krylov import KrylovCycles
 from ._solve import as_operator
 
 
@@ -31,13 +40,11 @@ class RecycleSpace(eqx.Module):
     valid: Array  # bool
 
 
-class _GCRODRState(eqx.Module):
-    r: Array
-    U: Array
-    C: Array
+class _Recycled(eqx.Module):
+    U: Array  # (k, n), A U = C
+    C: Array  # (k, n), orthonormal rows
     valid: Array
-    res_norm: Scalar
-    num_matvecs: Array
+    pending: Array  # (n,): the projection onto U found by `init`, added at the first restart
 
 
 def _harmonic_update(Vhat, What, G, WV, k):
@@ -56,87 +63,73 @@ def _harmonic_update(Vhat, What, G, WV, k):
     return U, C
 
 
-class _GCRODRIteration(LinearIteration):
-    mv: object
-    m: int = eqx.field(static=True)
-    k: int = eqx.field(static=True)
-    tol: float | Array = 1e-6
+class _GCRODRIteration(KrylovCycles):
+    """GCRO-DR(m, k) on a `LinearProblem` of flat vectors: `KrylovCycles` (the same Arnoldi
+    process, with each new vector also orthogonalised against `C`), whose restart step also
+    updates the recycled space. `init` prepares the carried space (`options["space"]`) for
+    this operator: `k` matvecs to re-orthonormalise `A U = C`."""
 
-    def init(self, fn, y, args):
-        raise NotImplementedError  # built by GCRODR.solve
+    k: int = eqx.field(static=True, default=1)
+    keep_h = True
 
-    def step(self, fn, y, args, s):
+    def init(self, problem, y, options):
+        space = options["space"]
+        mv = problem.operator.mv
+        r = problem.b - mv(y)
+        U = space.U
+        AU = jax.vmap(mv)(U)
+        Q, R = jnp.linalg.qr(AU.T)
+        Rd = jnp.where(jnp.abs(jnp.diag(R)) > 0, 0, 1)
+        R = R + jnp.diag(Rd.astype(R.dtype))
+        C = jnp.where(space.valid, Q.T, 0)
+        U = jnp.where(space.valid, jax.scipy.linalg.solve_triangular(R, U, trans="T"), 0)
+        cr = C @ r
+        r = r - cr @ C
+        recycled = _Recycled(U, C, space.valid, cr @ U)
+        k_mv = jnp.where(space.valid, self.k, 0).astype(jnp.int32)
+        status = initial_status(jnp.array(True))
+        # The iterate still lacks its projection on U (added by the first cycle): not final.
+        return self._state(r, jnp.array(0, jnp.int32), 1 + k_mv, status, recycled, ~space.valid)
+
+    def project(self, s):
+        return s.recycled.C
+
+    def coefficients(self, s):
+        return jnp.zeros((self.k, self.m), s.r.dtype)
+
+    def update(self, problem, y, s, a, B):
         m, k = self.m, self.k
+        rec = s.recycled
         dtype = y.dtype
-        n = y.size
-        beta = s.res_norm
-        V = jnp.zeros((m + 1, n), dtype).at[0].set(s.r / jnp.where(beta > 0, beta, 1))
-        H = jnp.zeros((m + 1, m), dtype)
-        B = jnp.zeros((k, m), dtype)
-
-        target = self.tol * args[1]
-        e1 = jnp.zeros(m + 1, dtype).at[0].set(beta)
-
-        def arnoldi(carry):
-            j, V, H, B, _ = carry
-            w = self.mv(V[j])
-            bj = s.C @ w
-            w = w - bj @ s.C
-            mask = (jnp.arange(m + 1) <= j).astype(dtype)
-            h = (V @ w) * mask
-            w = w - h @ V
-            h2 = (V @ w) * mask  # second pass: keeps V orthonormal in floating point
-            w = w - h2 @ V
-            bj2 = s.C @ w
-            w = w - bj2 @ s.C
-            h = h + h2
-            hn = jnp.sqrt(jnp.sum(w * w))
-            V = V.at[j + 1].set(w / jnp.where(hn > 0, hn, 1))
-            H = H.at[:, j].set(h.at[j + 1].set(hn))
-            B = B.at[:, j].set(bj + bj2)
-            # The least-squares residual is the GMRES residual norm: stop the cycle early
-            # once it meets the tolerance (unused columns of H are zero).
-            z = jnp.linalg.lstsq(H, e1)[0]
-            res = jnp.sqrt(jnp.sum((e1 - H @ z) ** 2))
-            return j + 1, V, H, B, res
-
-        def more(carry):
-            j, *_, res = carry
-            return (j < m) & (res > target)
-
-        init = (jnp.array(0), V, H, B, beta)
-        used, V, H, B, _ = jax.lax.while_loop(more, arnoldi, init)
-        z = jnp.linalg.lstsq(H, e1)[0]
-        y = y + z @ V[:m] - (B @ z) @ s.U
-        r = (e1 - H @ z) @ V
+        V, H = a.V, a.H
+        z = arnoldi_solution(a)
+        y = y + rec.pending + z @ V[:m] - (B @ z) @ rec.U
+        e1 = jnp.zeros(m + 1, dtype).at[0].set(a.beta)
+        r_cycle = (e1 - H @ z) @ V  # the residual in exact arithmetic
 
         # Update the recycle space from the augmented relation A [Ũ; V_m]ᵀ = [C; V_{m+1}]ᵀ G.
-        unorm = jnp.sqrt(jnp.sum(s.U**2, axis=1))
-        dinv = jnp.where(s.valid, 1 / jnp.where(unorm > 0, unorm, 1), jnp.ones_like(unorm))
-        Ut = s.U * jnp.where(unorm > 0, 1 / jnp.where(unorm > 0, unorm, 1), 0)[:, None]
+        unorm = jnp.sqrt(jnp.sum(rec.U**2, axis=1))
+        dinv = jnp.where(rec.valid, 1 / jnp.where(unorm > 0, unorm, 1), jnp.ones_like(unorm))
+        Ut = rec.U * jnp.where(unorm > 0, 1 / jnp.where(unorm > 0, unorm, 1), 0)[:, None]
         G = jnp.zeros((k + m + 1, k + m), dtype)
         G = G.at[:k, :k].set(jnp.diag(dinv)).at[:k, k:].set(B).at[k:, k:].set(H)
         Vhat = jnp.concatenate([Ut, V[:m]])
-        What = jnp.concatenate([s.C, V])
+        What = jnp.concatenate([rec.C, V])
         WV = jnp.zeros((k + m + 1, k + m), dtype)
-        WV = WV.at[:k, :k].set(s.C @ Ut.T).at[k:, :k].set(V @ Ut.T)
+        WV = WV.at[:k, :k].set(rec.C @ Ut.T).at[k:, :k].set(V @ Ut.T)
         WV = WV.at[k : k + m, k:].set(jnp.eye(m, dtype=dtype))
         U, C = _harmonic_update(Vhat, What, G, WV, k)
-        # Keep the residual exactly orthogonal to the new C (no matvec needed).
-        cr = C @ r
-        y = y + cr @ U
-        r = r - cr @ C
-        res_norm = jnp.sqrt(jnp.sum(r * r))
         ok = jnp.all(jnp.isfinite(U)) & jnp.all(jnp.isfinite(C))
-        new = _GCRODRState(
-            r,
-            jnp.where(ok, U, s.U),
-            jnp.where(ok, C, s.C),
-            s.valid | ok,
-            res_norm,
-            s.num_matvecs + used.astype(s.num_matvecs.dtype),
-        )
-        return y, new, RESULTS.successful
+        U, C = jnp.where(ok, U, rec.U), jnp.where(ok, C, rec.C)
+        cr = C @ r_cycle
+        y = y + cr @ U
+        return y, _Recycled(U, C, rec.valid | ok, jnp.zeros_like(rec.pending))
+
+    def residual(self, problem, y, recycled):
+        # The TRUE residual, kept orthogonal to C (a correction of rounding size, A U = C).
+        r = problem.b - problem.operator.mv(y)
+        cr = recycled.C @ r
+        return y + cr @ recycled.U, r - cr @ recycled.C
 
 
 class GCRODR(eqx.Module):
@@ -150,16 +143,18 @@ class GCRODR(eqx.Module):
     system, in a Python loop or `lax.scan`. For each new `A` the `k` recycled vectors cost `k`
     matvecs (to re-orthonormalise `A U`); a cycle costs at most `m` (it stops as soon as the
     Arnoldi least-squares residual meets `tol`). `sol.stats` has `num_steps`
-    (cycles), `num_matvecs` and `error` (`‖b − Ax‖/‖b‖`). Derivatives are not provided here
+    (iterations: Arnoldi steps, as for `GMRES`), `num_matvecs` and `error` (the true
+    `‖b − Ax‖/‖b‖`). Derivatives are not provided here
     (use `js.linear.solve` for a differentiable solve); order similar systems next to each
     other with `js.linear.order_by_similarity`.
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
-    - `max_steps`: the largest number of cycles per system.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
+    - `max_steps`: the most iterations per system (Arnoldi steps; a cycle is `restart`).
     - `restart`: `m`, Arnoldi steps per cycle.
-    - `recycle`: `k`, vectors carried (`k < m`).
+    - `recycle`: `k`, vectors carried (`k < m`, and `k <` the system size; a `restart`
+      larger than the system size is reduced to it).
 
     **Example:**
 
@@ -178,13 +173,14 @@ class GCRODR(eqx.Module):
     ```
     """
 
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=200)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_STEPS)
     restart: int = eqx.field(static=True, default=40)
     recycle: int = eqx.field(static=True, default=20)
 
     def __check_init__(self):
-        check_tol(self.tol)
+        if self.tol is not None:
+            check_tol(self.tol)
         check_max_steps(self.max_steps)
         if not (isinstance(self.recycle, int) and isinstance(self.restart, int)):
             raise TypeError("`restart` and `recycle` must be Python ints.")
@@ -210,45 +206,24 @@ class GCRODR(eqx.Module):
                 f"`space` holds vectors of size {space.U.shape[1:]} x {space.U.shape[0]}; "
                 f"expected {self.recycle} vectors of size {b.size} (use gcrodr.init(b))."
             )
+        if self.recycle >= b.size:
+            raise ValueError(
+                f"GCRODR needs `recycle` < the system size {b.size}; got recycle={self.recycle}."
+            )
         shape = b.shape
         mv = lambda v: op.mv(v.reshape(shape)).reshape(-1)
         bf = b.reshape(-1)
         x = jnp.zeros_like(bf) if x0 is None else jnp.asarray(x0, b.dtype).reshape(-1)
-        r = bf - mv(x)
-        # Re-orthonormalise the recycled space for this A: A U = C with C orthonormal.
-        U = space.U
-        AU = jax.vmap(mv)(U)
-        Q, R = jnp.linalg.qr(AU.T)
-        Rd = jnp.where(jnp.abs(jnp.diag(R)) > 0, 0, 1)
-        R = R + jnp.diag(Rd.astype(R.dtype))
-        C = jnp.where(space.valid, Q.T, 0)
-        U = jnp.where(space.valid, jax.scipy.linalg.solve_triangular(R, U, trans="T"), 0)
-        cr = C @ r
-        x = x + cr @ U
-        r = r - cr @ C
-        k_mv = jnp.where(space.valid, self.recycle, 0).astype(jnp.int32)
-        state = _GCRODRState(r, U, C, space.valid, jnp.sqrt(jnp.sum(r * r)), 1 + k_mv)
-        iteration = _GCRODRIteration(mv, self.restart, self.recycle, self.tol)
-        args = (bf, safe_norm_b(bf))
-
-        # iterate() calls iteration.init; hand it the prepared state instead.
-        iteration = _Prepared(iteration, state)
-        x, state, result, stats = iterate(
-            iteration, None, x, args, tol=self.tol, max_steps=self.max_steps
-        )
-        sol = Solution(value=x.reshape(shape), result=result, stats=stats)
-        return sol, RecycleSpace(state.U, state.valid)
-
-
-class _Prepared(LinearIteration):
-    inner: _GCRODRIteration
-    state0: _GCRODRState
-
-    def init(self, fn, y, args):
-        return self.state0
-
-    def step(self, fn, y, args, state):
-        return self.inner.step(fn, y, args, state)
+        flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
+        tol = jnp.asarray(linear_default_tol(b.dtype) if self.tol is None else self.tol, b.dtype)
+        # A cycle longer than the system cannot grow the Krylov space further.
+        m = min(self.restart, b.size)
+        iteration = _GCRODRIteration(tol, m, self.max_steps, k=self.recycle)
+        problem = LinearProblem(flat, bf)
+        sol = run_iteration(iteration, problem, x, iteration.loop_steps(), options={"space": space})
+        rec = sol.state.recycled
+        out = Solution(value=sol.value.reshape(shape), result=sol.result, stats=sol.stats)
+        return out, RecycleSpace(rec.U, rec.valid)
 
 
 def order_by_similarity(features: Array) -> Array:

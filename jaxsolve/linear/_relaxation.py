@@ -1,14 +1,26 @@
 """Stationary (relaxation) iterations: Jacobi, SOR(ω) and SSOR(ω), run by the core loop."""
 
+from collections.abc import Callable
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 from jaxtyping import Array, Scalar
 
-from .._checks import check_max_steps, check_tol
 from .._solution import RESULTS
-from ._common import LinearIteration, check_omega, check_square, checked_omega, dot, run_iteration
+from ._common import (
+    DEFAULT_MAX_SWEEPS,
+    AbstractIterativeLinearSolver,
+    AbstractLinearIteration,
+    LinearProblem,
+    check_omega,
+    check_square,
+    dot,
+    initial_status,
+    omega_and_valid,
+)
 from ._stencil import Stencil5, StencilSweep
 
 
@@ -16,30 +28,35 @@ class _RelaxState(eqx.Module):
     r: Array
     res_norm: Scalar
     num_matvecs: Array
+    status: RESULTS
 
 
-class _RelaxIteration(LinearIteration):
+class _RelaxIteration(AbstractLinearIteration):
     """`x ← x + M⁻¹ (b − Ax)` for a splitting `M` given by `solve_m` (and, for SSOR, a second
-    half-sweep with `solve_m2`)."""
+    half-sweep with `solve_m2`). The residual is recomputed with a matvec every sweep: it is
+    the true residual. `valid`: ω lies in (0, 2) (else `invalid_input`, before any sweep)."""
 
-    solve_m: eqx.Module
-    solve_m2: eqx.Module | None
+    tol: Any
+    solve_m: Callable[[Array], Array]
+    solve_m2: Callable[[Array], Array] | None
+    valid: Any = True
+    exact_residual = True
 
-    def init(self, fn, y, args):
-        b, _ = args
-        r = b - fn.mv(y)
-        return _RelaxState(r, jnp.sqrt(dot(r, r)), jnp.array(1, jnp.int32))
+    def init(self, problem, y, options):
+        r = problem.b - problem.operator.mv(y)
+        status = initial_status(jnp.asarray(self.valid))
+        return _RelaxState(r, jnp.sqrt(dot(r, r)), jnp.array(1, jnp.int32), status)
 
-    def step(self, fn, y, args, state):
-        b, _ = args
+    def step(self, problem, y, state):
+        b, mv = problem.b, problem.operator.mv
         y = y + self.solve_m(state.r)
-        mv = 1
-        r = b - fn.mv(y)
+        k = 1
+        r = b - mv(y)
         if self.solve_m2 is not None:
             y = y + self.solve_m2(r)
-            r = b - fn.mv(y)
-            mv = 2
-        return y, _RelaxState(r, jnp.sqrt(dot(r, r)), state.num_matvecs + mv), RESULTS.successful
+            r = b - mv(y)
+            k = 2
+        return y, _RelaxState(r, jnp.sqrt(dot(r, r)), state.num_matvecs + k, state.status)
 
 
 class _DiagSolve(eqx.Module):
@@ -57,10 +74,20 @@ class _TriSolve(eqx.Module):
         return jsl.solve_triangular(self.t, r.reshape(-1), lower=self.lower).reshape(r.shape)
 
 
-class _AbstractRelaxation(lx.AbstractLinearSolver):
-    def compute(self, state, vector, options):
-        operator, iteration = state
-        return run_iteration(iteration, operator, vector, options, self.tol, self.max_steps)
+class _AbstractRelaxation(AbstractIterativeLinearSolver):
+    """State: `(operator, (solve_m, solve_m2, valid))`."""
+
+    def splitting(self, operator) -> tuple[Any, Any, Any]:
+        raise NotImplementedError
+
+    def init(self, operator, options):
+        check_square(operator, type(self).__name__)
+        return operator, self.splitting(operator)
+
+    def iteration(self, state, vector):
+        operator, (m1, m2, valid) = state
+        tol = self.resolved_tol(vector.dtype)
+        return _RelaxIteration(tol, m1, m2, valid), LinearProblem(operator, vector)
 
     def transpose(self, state, options):
         operator, _ = state
@@ -69,9 +96,6 @@ class _AbstractRelaxation(lx.AbstractLinearSolver):
     def conj(self, state, options):
         operator, _ = state
         return self.init(lx.conj(operator), options), options
-
-    def assume_full_rank(self):
-        return True
 
 
 class Jacobi(_AbstractRelaxation):
@@ -82,7 +106,7 @@ class Jacobi(_AbstractRelaxation):
 
     **Arguments:**
 
-    - `tol`: tolerance on the relative residual.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of sweeps.
     - `diagonal`: the diagonal of `A` if known (shaped like `b`).
 
@@ -98,20 +122,15 @@ class Jacobi(_AbstractRelaxation):
     ```
     """
 
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=100_000)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_SWEEPS)
     diagonal: Array | None = None
 
-    def __check_init__(self):
-        check_tol(self.tol)
-        check_max_steps(self.max_steps)
-
-    def init(self, operator, options):
-        check_square(operator, "Jacobi")
+    def splitting(self, operator):
         d = self.diagonal
         if d is None:
             d = lx.diagonal(operator).reshape(operator.in_structure().shape)
-        return operator, _RelaxIteration(_DiagSolve(jnp.asarray(d)), None)
+        return _DiagSolve(jnp.asarray(d)), None, True
 
 
 class SOR(_AbstractRelaxation):
@@ -125,8 +144,9 @@ class SOR(_AbstractRelaxation):
 
     **Arguments:**
 
-    - `omega`: the relaxation ω in (0, 2) (a pytree leaf: a new ω does not recompile).
-    - `tol`: tolerance on the relative residual.
+    - `omega`: the relaxation ω in (0, 2) (a pytree leaf: a new ω does not recompile; a
+      traced ω outside (0, 2) gives `RESULTS.invalid_input`, per member under `vmap`).
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of sweeps.
 
     **Example:**
@@ -142,23 +162,19 @@ class SOR(_AbstractRelaxation):
     """
 
     omega: float | Array = 1.0
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=100_000)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_SWEEPS)
 
     def __check_init__(self):
         check_omega(self.omega, "SOR")
-        check_tol(self.tol)
-        check_max_steps(self.max_steps)
 
-    def init(self, operator, options):
-        check_square(operator, "SOR")
+    def splitting(self, operator):
+        omega, valid = omega_and_valid(self.omega, operator.in_structure().dtype)
         if isinstance(operator, Stencil5):
-            omega = checked_omega(self.omega, operator.center.dtype)
-            return operator, _RelaxIteration(StencilSweep.build(operator, omega, True), None)
+            return StencilSweep.build(operator, omega, True), None, valid
         A = operator.as_matrix()
-        omega = checked_omega(self.omega, A.dtype)
         lower = jnp.tril(A, -1) + jnp.diag(jnp.diag(A) / omega)
-        return operator, _RelaxIteration(_TriSolve(lower, True), None)
+        return _TriSolve(lower, True), None, valid
 
 
 class SSOR(_AbstractRelaxation):
@@ -170,7 +186,7 @@ class SSOR(_AbstractRelaxation):
     **Arguments:**
 
     - `omega`: the relaxation ω in (0, 2) (a pytree leaf).
-    - `tol`: tolerance on the relative residual.
+    - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of (double) sweeps.
 
     **Example:**
@@ -186,23 +202,19 @@ class SSOR(_AbstractRelaxation):
     """
 
     omega: float | Array = 1.0
-    tol: float | Array = 1e-6
-    max_steps: int = eqx.field(static=True, default=100_000)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=DEFAULT_MAX_SWEEPS)
 
     def __check_init__(self):
         check_omega(self.omega, "SSOR")
-        check_tol(self.tol)
-        check_max_steps(self.max_steps)
 
-    def init(self, operator, options):
-        check_square(operator, "SSOR")
+    def splitting(self, operator):
+        omega, valid = omega_and_valid(self.omega, operator.in_structure().dtype)
         if isinstance(operator, Stencil5):
-            omega = checked_omega(self.omega, operator.center.dtype)
             fwd = StencilSweep.build(operator, omega, True)
-            return operator, _RelaxIteration(fwd, StencilSweep.build(operator, omega, False))
+            return fwd, StencilSweep.build(operator, omega, False), valid
         A = operator.as_matrix()
-        omega = checked_omega(self.omega, A.dtype)
         d = jnp.diag(jnp.diag(A) / omega)
         lower = jnp.tril(A, -1) + d
         upper = jnp.triu(A, 1) + d
-        return operator, _RelaxIteration(_TriSolve(lower, True), _TriSolve(upper, False))
+        return _TriSolve(lower, True), _TriSolve(upper, False), valid

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array
 
+from .._adjoint import ReportedSolver
+from .._checks import floats_to_arrays
 from .._iterate import apply_throw
 from .._solution import RESULTS, Solution
 from ._cg import CG
-from ._common import dot, safe_norm_b
+from ._common import AbstractIterativeLinearSolver, dot, safe_norm_b
 
 
 def as_operator(A, b) -> lx.AbstractLinearOperator:
@@ -55,13 +57,18 @@ def as_operator(A, b) -> lx.AbstractLinearOperator:
 @eqx.filter_jit
 def _solve(operator, b, solver, x0, throw):
     options = {} if x0 is None else {"y0": x0}
-    out = lx.linear_solve(operator, b, solver, options=options, throw=False)
+    # With throw=False no solve may raise, the derivative's transpose/tangent solves included:
+    # lineax raises on those unconditionally, so the solver reports instead of failing.
+    run = solver if throw else ReportedSolver(solver, quiet=True)
+    out = lx.linear_solve(operator, b, run, options=options, throw=False)
     stats = dict(out.stats)
+    result = stats.pop("result", out.result)
+    result = result if isinstance(result, RESULTS) else RESULTS.promote(result)
     if "error" not in stats:  # direct solvers: report the same error measure as the others
         r = b - operator.mv(out.value)
         stats["error"] = jax.lax.stop_gradient(jnp.sqrt(dot(r, r)) / safe_norm_b(b))
         stats.setdefault("num_steps", jnp.array(0, jnp.int32))
-    sol = Solution(value=out.value, result=RESULTS.promote(out.result), stats=stats)
+    sol = Solution(value=out.value, result=result, stats=stats)
     return apply_throw(sol, throw)
 
 
@@ -128,7 +135,12 @@ def solve(
     b = jnp.asarray(b)
     if not jnp.issubdtype(b.dtype, jnp.inexact):
         b = b.astype(jnp.result_type(float))
+    if b.size == 0:
+        raise ValueError(f"`b` is empty (shape {b.shape}); there is no system to solve.")
     operator = as_operator(A, b)
+    if isinstance(solver, AbstractIterativeLinearSolver):
+        # Python floats (tol, omega) become arrays: new values never recompile.
+        solver = floats_to_arrays(solver)
     if x0 is not None:
         x0 = jnp.asarray(x0, dtype=b.dtype)
         if x0.shape != b.shape:
