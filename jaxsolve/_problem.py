@@ -47,7 +47,12 @@ class AbstractProblem(eqx.Module):
 
 def float_dtype(tree: Any):
     """The floating dtype a problem computes in: the widest of `tree`'s inexact leaves."""
-    leaves = [x for x in jtu.tree_leaves(tree) if eqx.is_inexact_array_like(x)]
+    # (Not `eqx.is_inexact_array_like`: on this JAX it raises for tracers, e.g. under jit.)
+    leaves = [
+        x
+        for x in jtu.tree_leaves(tree)
+        if isinstance(x, float) or (eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact))
+    ]
     if not leaves:
         return jnp.result_type(float)
     return jnp.result_type(*leaves)
