@@ -7,7 +7,6 @@
 from typing import Any
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Scalar
 
 

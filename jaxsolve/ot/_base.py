@@ -81,5 +81,14 @@ class AbstractOTSolver(AbstractIterativeSolver[OTProblem, tuple[Array, Array], o
     tol: eqx.AbstractVar[float | Array | None]
     max_steps: eqx.AbstractVar[int]
 
+    def tol_value(self) -> float | Array:
+        """`tol`, which `js.ot.solve` has filled in (`None` means the family default there)."""
+        if self.tol is None:
+            raise ValueError(
+                f"{type(self).__name__}'s `tol` is None: js.ot.solve fills in the OT family's "
+                "default; run through js.iterative_solve, give the solver a `tol`."
+            )
+        return self.tol
+
     def postprocess(self, problem: OTProblem, y, state):
         return problem.normalise(*y), {}

@@ -129,7 +129,7 @@ class Geometry(AbstractGeometry):
     epsilon_: Array | float
     relative_epsilon: str | None = eqx.field(static=True, default=None)
 
-    def __init__(self, cost_matrix, epsilon=0.05, relative_epsilon=None):
+    def __init__(self, cost_matrix, epsilon: float | Array = 0.05, relative_epsilon=None):
         cost_matrix = jnp.asarray(cost_matrix)
         _check_real(cost_matrix, "Geometry's `cost_matrix`")
         if cost_matrix.ndim != 2:
