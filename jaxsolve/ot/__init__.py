@@ -1,15 +1,18 @@
 """jaxsolve.ot: differentiable entropic optimal transport.
 
 `Geometry` / `PointCloud` describe the cost, `solve` runs an `AbstractOTSolver` (`Sinkhorn`,
-...) and returns an `OTSolution`; derivatives come from the implicit function theorem on
-`ot_optimality`, shared by every solver.
+`SparseNewton`, ...) on an `OTProblem` and returns an `OTSolution` (a `js.Solution`);
+derivatives come from the implicit function theorem on `OTProblem.optimality`
+(`ot_optimality`), shared by every solver.
 
-To add a solver, subclass `AbstractOTSolver` (see `jaxsolve/ot/_base.py`): implement
-`ot_init`, `ot_step`, `ot_error` over the potentials `(f, g)` and an `OTProblem`; `solve`
-does the rest (validation, gauge, loop, implicit derivative, output).
+To add a solver, subclass `AbstractOTSolver` (see `jaxsolve/ot/_base.py`): implement the core
+protocol (`init`, `step`, `terminate`, `error`) over the potentials `(f, g)` and an
+`OTProblem`; `solve` does the rest (validation, loop, implicit derivative, throw, output).
+To add a Sinkhorn acceleration, subclass `AbstractSinkhornAcceleration`.
 """
 
-from ._anderson import Anderson as Anderson
+from ._acceleration import AbstractSinkhornAcceleration as AbstractSinkhornAcceleration
+from ._anderson import AndersonSinkhorn as AndersonSinkhorn
 from ._base import AbstractOTSolver as AbstractOTSolver
 from ._costs import (
     AbstractCost as AbstractCost,

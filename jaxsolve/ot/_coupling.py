@@ -20,9 +20,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._iterate import tree_all_finite
+from .._solution import RESULTS
 from ._geometry import PointCloud
 from ._sinkhorn import Sinkhorn
 from ._solve import solve
+
+_MAX_ROUNDS = 1_000_000
 
 _SPARSE_BIDDERS = 16
 _WARM_EPSILON = 0.01
@@ -137,10 +141,11 @@ def _exact_assignment(a, b, eps_final=1e-2):
     geom = PointCloud(a, b, epsilon=_WARM_EPSILON, relative_epsilon="mean")
     sol = solve(geom, solver=Sinkhorn(tol=1e-2, max_steps=500), throw=False)
     prices = jnp.where(jnp.isfinite(sol.g), -sol.g, 0.0)
-    sigma, _, _ = _auction(
-        -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, 1_000_000
+    sigma, _, rounds = _auction(
+        -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, _MAX_ROUNDS
     )
-    return sigma
+    result = RESULTS.where(rounds < _MAX_ROUNDS, RESULTS.successful, RESULTS.max_steps_reached)
+    return sigma, result
 
 
 def coupling(
@@ -151,6 +156,8 @@ def coupling(
     epsilon: float = 0.01,
     key: Array | None = None,
     return_indices: bool = False,
+    throw: bool = True,
+    return_result: bool = False,
 ):
     """Pair two minibatches (e.g. noise `x0` and data `x1`) by optimal transport.
 
@@ -170,8 +177,13 @@ def coupling(
     - `epsilon`: the relative entropic regularisation for `"entropic"`.
     - `key`: a PRNG key for `"entropic"` sampling (optional).
     - `return_indices`: also return the index array `σ` (`x1[σ]` is paired with `x0`).
+    - `throw`: raise if the pairing failed (NaN/inf samples: `nonfinite`; the entropic
+      Sinkhorn solve or the auction out of steps: `max_steps_reached`); with `False` (e.g.
+      under `vmap`) the pairing is returned anyway: ask for `return_result=True` to read why.
+    - `return_result`: also return the `js.RESULTS` of the pairing (last element).
 
-    **Returns:** `(x0, x1[σ])`, or `(x0, x1[σ], σ)` with `return_indices=True`.
+    **Returns:** `(x0, x1[σ])`, or `(x0, x1[σ], σ)` with `return_indices=True`, followed by
+    the result with `return_result=True`.
 
     **Example:**
 
@@ -185,6 +197,10 @@ def coupling(
     a, b, sigma = js.ot.coupling(x0, x1, return_indices=True)
     assert jnp.allclose(b, x0 + 0.01)         # the shuffle is undone exactly
     assert sorted(sigma.tolist()) == list(range(64))
+
+    bad = x1.at[0, 0].set(jnp.nan)             # a failure is a result with throw=False
+    *_, result = js.ot.coupling(x0, bad, throw=False, return_result=True)
+    assert result == js.RESULTS.nonfinite
     ```
     """
     x0 = jnp.asarray(x0)
@@ -193,6 +209,13 @@ def coupling(
         raise ValueError(
             "coupling expects batches of shape (n, ...) and (m, ...); got shapes "
             f"{x0.shape} and {x1.shape}."
+        )
+    for x, name in ((x0, "x0"), (x1, "x1")):
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise TypeError(f"coupling needs real samples; `{name}` has dtype {x.dtype}.")
+    if x0.shape[0] == 0 or x1.shape[0] == 0:
+        raise ValueError(
+            f"coupling needs non-empty batches; got {x0.shape[0]} and {x1.shape[0]} samples."
         )
     if x0.shape[1:] != x1.shape[1:]:
         raise ValueError(
@@ -211,23 +234,29 @@ def coupling(
         )
     if isinstance(epsilon, (int, float)) and not epsilon > 0:
         raise ValueError(f"`epsilon` must be positive; got {epsilon!r}.")
-    return _coupling(x0, x1, method, epsilon, key, return_indices)
+    return _coupling(x0, x1, method, epsilon, key, return_indices, throw, return_result)
 
 
 @eqx.filter_jit
-def _coupling(x0, x1, method, epsilon, key, return_indices):
+def _coupling(x0, x1, method, epsilon, key, return_indices, throw, return_result):
     dtype = jnp.result_type(x0.dtype, x1.dtype, jnp.float32)
     a = jax.lax.stop_gradient(x0.reshape(x0.shape[0], -1).astype(dtype))
     b = jax.lax.stop_gradient(x1.reshape(x1.shape[0], -1).astype(dtype))
     if method == "exact":
-        sigma = _exact_assignment(a, b)
+        sigma, result = _exact_assignment(a, b)
     else:
         geom = PointCloud(a, b, epsilon=epsilon, relative_epsilon="mean")
         sol = solve(geom, solver=Sinkhorn(tol=1e-3, max_steps=2000), throw=False)
+        result = sol.result
         logits = jnp.log(jnp.maximum(sol.plan, jnp.finfo(dtype).tiny))
         if key is None:
             sigma = jnp.argmax(logits, axis=1)
         else:
             sigma = jax.random.categorical(key, logits, axis=1)
+    finite = tree_all_finite((a, b))
+    result = RESULTS.where(finite, result, RESULTS.nonfinite)
     paired = x1[sigma]
-    return (x0, paired, sigma) if return_indices else (x0, paired)
+    if throw:
+        paired = result.error_if(paired, result != RESULTS.successful)
+    out = (x0, paired, sigma) if return_indices else (x0, paired)
+    return (*out, result) if return_result else out

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
+from .._solution import RESULTS
 from ._base import AbstractOTSolver
 from ._geometry import PointCloud
 from ._solve import solve
@@ -23,6 +24,7 @@ def sinkhorn_divergence(
     solver: AbstractOTSolver | None = None,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     throw: bool = True,
+    return_result: bool = False,
 ):
     """The Sinkhorn divergence `S(α, β) = OT_ε(α, β) − ½ OT_ε(α, α) − ½ OT_ε(β, β)`
     (Genevay et al. 2018, Feydy et al. 2019), plus `ε/2 (m_α − m_β)²` when unbalanced.
@@ -35,9 +37,13 @@ def sinkhorn_divergence(
 
     - `x`: `(n, d)` and `y`: `(m, d)` points; `a`, `b` weights (default uniform).
     - `epsilon`, `cost_fn`, `batch_size`, `relative_epsilon`: as in `js.ot.PointCloud`.
-    - `tau_a`, `tau_b`, `solver`, `adjoint`, `throw`: as in `js.ot.solve`.
+    - `tau_a`, `tau_b`, `solver`, `adjoint`: as in `js.ot.solve`.
+    - `throw`: raise if any of the three solves fails; with `False` nothing raises (under
+      `jit`, `vmap`, `grad`, derivative solves included): ask for `return_result=True`.
+    - `return_result`: return `(divergence, result)`: the first failure among the three solves
+      (`js.RESULTS.successful` if none). Under `jax.grad`, use `has_aux=True`.
 
-    **Returns:** the divergence, a scalar.
+    **Returns:** the divergence, a scalar (and the result with `return_result=True`).
 
     **Example:**
 
@@ -51,6 +57,13 @@ def sinkhorn_divergence(
     assert loss(x) > 1.0
     g = jax.grad(loss)(x)                    # moving x towards y (at +2) decreases the loss
     assert jnp.all(g.sum(0) < 0)
+
+    # throw=False: a failure is a result, readable also under grad
+    short = js.ot.Sinkhorn(max_steps=10, epsilon_scaling=None, acceleration=None)
+    f = lambda x: js.ot.sinkhorn_divergence(x, y, epsilon=0.01, solver=short, throw=False,
+                                            return_result=True)
+    g, result = jax.grad(f, has_aux=True)(x)
+    assert result == js.RESULTS.max_steps_reached and jnp.all(jnp.isfinite(g))
     ```
     """
 
@@ -74,4 +87,9 @@ def sinkhorn_divergence(
     sol_yy = ot(y, y, b, b)
     div = sol_xy.reg_cost - 0.5 * (sol_xx.reg_cost + sol_yy.reg_cost)
     mass = 0.5 * sol_xy.epsilon * (jnp.sum(sol_xy.a) - jnp.sum(sol_xy.b)) ** 2
-    return div + mass
+    if not return_result:
+        return div + mass
+    result = sol_yy.result
+    for sol in (sol_xx, sol_xy):
+        result = RESULTS.where(sol.result != RESULTS.successful, sol.result, result)
+    return div + mass, result

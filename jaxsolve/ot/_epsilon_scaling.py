@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
+from jaxtyping import Array
 
 
 class EpsilonScaling(eqx.Module):
@@ -30,7 +31,7 @@ class EpsilonScaling(eqx.Module):
     ```
     """
 
-    decay: float = 0.5
+    decay: float | Array = 0.5
     init: float | None = None
 
     def __check_init__(self):

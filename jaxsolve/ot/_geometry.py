@@ -29,7 +29,17 @@ def _scale(C, how):
     return jnp.std(C)
 
 
+def _check_real(x, what):
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise TypeError(
+            f"{what} must be real; got dtype {jnp.result_type(x)}. Optimal transport needs real "
+            "costs: pass e.g. the modulus or a real cost matrix."
+        )
+
+
 def _check_epsilon(epsilon):
+    if eqx.is_array_like(epsilon):
+        _check_real(epsilon, "`epsilon`")
     if isinstance(epsilon, (int, float)) and not epsilon > 0:
         raise ValueError(f"`epsilon` must be positive; got {epsilon!r}.")
     if eqx.is_array(epsilon) and jnp.ndim(epsilon) != 0:
@@ -69,6 +79,10 @@ class AbstractGeometry(eqx.Module):
     def is_dense(self) -> bool:
         """Whether the cost matrix is held in memory (kernel-mode solvers need it)."""
         return True
+
+    def all_finite(self) -> Array:
+        """Whether the cost is free of NaN/inf (checked by `OTProblem.validate`)."""
+        return jnp.all(jnp.isfinite(self.cost_matrix))
 
     def dense(self) -> "AbstractGeometry":
         """This geometry with its cost matrix computed (a no-op for dense ones)."""
@@ -115,8 +129,9 @@ class Geometry(AbstractGeometry):
     epsilon_: Array | float
     relative_epsilon: str | None = eqx.field(static=True, default=None)
 
-    def __init__(self, cost_matrix, epsilon=0.05, relative_epsilon=None):
+    def __init__(self, cost_matrix, epsilon: float | Array = 0.05, relative_epsilon=None):
         cost_matrix = jnp.asarray(cost_matrix)
+        _check_real(cost_matrix, "Geometry's `cost_matrix`")
         if cost_matrix.ndim != 2:
             raise ValueError(
                 f"Geometry's `cost_matrix` must be 2-D (n, m); got shape {cost_matrix.shape}."
@@ -192,6 +207,8 @@ class PointCloud(AbstractGeometry):
     def __init__(self, x, y, epsilon=0.05, cost_fn=None, batch_size=None, relative_epsilon=None):
         x = jnp.asarray(x)
         y = jnp.asarray(y)
+        _check_real(x, "PointCloud's `x`")
+        _check_real(y, "PointCloud's `y`")
         if x.ndim == 1:
             x = x[:, None]
         if y.ndim == 1:
@@ -240,6 +257,11 @@ class PointCloud(AbstractGeometry):
     @property
     def is_dense(self):
         return self.batch_size is None
+
+    def all_finite(self):
+        if self.batch_size is None:
+            return super().all_finite()
+        return jnp.all(jnp.isfinite(self.x)) & jnp.all(jnp.isfinite(self.y))
 
     @property
     def cost_matrix(self):

@@ -3,8 +3,10 @@
 import equinox as eqx
 import jax.numpy as jnp
 
+from ._acceleration import AbstractSinkhornAcceleration
 
-class Momentum(eqx.Module):
+
+class Momentum(AbstractSinkhornAcceleration):
     """Over-relaxation of the Sinkhorn updates: `f ← (1 − ω) f + ω T(f)` with `ω ∈ [1, 2)`.
 
     Near the solution Sinkhorn converges linearly at a rate `r = 1 − δ`; with
@@ -45,6 +47,18 @@ class Momentum(eqx.Module):
     def __check_init__(self):
         if isinstance(self.omega, (int, float)) and not 1 <= self.omega < 2:
             raise ValueError(f"Momentum's `omega` must be in [1, 2); got {self.omega}.")
+
+    # ---- the AbstractSinkhornAcceleration interface: state (ω, measured rate) -------------
+    def init(self, v):
+        return jnp.asarray(1.0, v.dtype), jnp.asarray(0.0, v.dtype)
+
+    def relaxation(self, state):
+        return state[0]
+
+    def after_check(self, state, err, err_prev, at_target, checks_at_target, check_every):
+        omega, rate = state
+        new_omega, new_rate = self.adapt(omega, rate, err, err_prev, checks_at_target, check_every)
+        return jnp.where(at_target, new_omega, omega), jnp.where(at_target, new_rate, rate)
 
     def adapt(self, omega, rate_prev, err, err_prev, checks_at_target, check_every):
         """`(ω, rate)` to use next, given the last two errors at the target epsilon.

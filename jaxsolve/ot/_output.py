@@ -4,13 +4,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._solution import RESULTS
+from .._solution import Solution
 from ._geometry import plan_dot_cost
 from ._problem import OTProblem
 
 
-class OTSolution(eqx.Module):
-    """The solution of an entropic OT problem.
+class OTSolution(Solution):
+    """The solution of an entropic OT problem: a `js.Solution` whose `value` is the pair of
+    potentials `(f, g)`.
 
     Everything here is differentiable (implicitly by default) with respect to the geometry
     (points, cost matrix, epsilon) and the weights.
@@ -20,8 +21,11 @@ class OTSolution(eqx.Module):
     - `f`, `g`: the dual potentials; the plan is `P_ij = exp((f_i + g_j − C_ij)/ε)`. In the
       balanced case they are normalised so that `⟨a, f⟩ = ⟨b, g⟩`. Zero-weight points have
       potential 0 (they carry no mass).
+    - `value`: `(f, g)`.
     - `problem`: the `OTProblem` solved (`geom`, `a`, `b`, `tau_a`, `tau_b`, `epsilon`).
-    - `result`: a `js.RESULTS` member; `stats`: `num_steps` (sweeps), `marginal_error`, ...
+    - `result`: a `js.RESULTS` member; `stats`: `num_steps` (iterations: sweeps and Newton
+      steps), `marginal_error`, and the solver's own counts. (`state` is not kept: Sinkhorn's
+      holds two `n × m` kernels; warm-start with `init=(sol.f, sol.g)` instead.)
 
     **Properties and methods:** `plan` (materialised `n × m`), `apply(v, axis=1)` (`P v`
     without materialising; `axis=0` gives `Pᵀ v`), `marginals`, `transport_cost` (`⟨P, C⟩`),
@@ -41,14 +45,19 @@ class OTSolution(eqx.Module):
     assert jnp.allclose(sol.apply(v), sol.plan @ v)          # P v without forming P
     assert jnp.allclose(sol.apply(v, axis=0), sol.plan.T @ v)
     assert sol.reg_cost >= sol.transport_cost - 1e-9         # the KL term is >= 0
+    assert isinstance(sol, js.Solution) and sol.value[0] is sol.f
     ```
     """
 
-    f: Array
-    g: Array
-    problem: OTProblem
-    result: RESULTS
-    stats: dict
+    problem: OTProblem = eqx.field(kw_only=True)
+
+    @property
+    def f(self) -> Array:
+        return self.value[0]
+
+    @property
+    def g(self) -> Array:
+        return self.value[1]
 
     @property
     def a(self):

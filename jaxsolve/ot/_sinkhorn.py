@@ -1,6 +1,6 @@
 """`Sinkhorn`: log-domain stable Sinkhorn with a fast kernel mode (absorption)."""
 
-import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -8,11 +8,11 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._solution import RESULTS
-from ._anderson import Anderson
+from ._acceleration import AbstractSinkhornAcceleration, NoAcceleration
+from ._anderson import AndersonSinkhorn
 from ._base import AbstractOTSolver
 from ._epsilon_scaling import EpsilonScaling
 from ._geometry import mean_cost
-from ._momentum import Momentum
 from ._problem import OTProblem
 
 
@@ -21,22 +21,25 @@ class _SinkhornState(eqx.Module):
     KT: Array | None  # its transpose, stored: XLA's CPU matvec with K.T is ~10x slower
     fK: Array
     gK: Array
-    epsK: Array
+    epsK: Array  # the epsilon of the last step (and of the kernel)
     eps0: Array  # first epsilon of the scaling schedule
     outer: Array  # loop steps done
     sweeps: Array  # Sinkhorn sweeps done
     at_target: Array  # number of checks made at the target epsilon
-    err: Array
-    err_prev: Array
-    omega: Array
-    rate: Array  # last measured convergence rate per sweep (Momentum)
-    hist: tuple | None  # Anderson history
+    err: Array  # marginal error after the last step, at epsK
+    acc: Any  # the acceleration's state
     fallbacks: Array  # how many times kernel mode fell back to the log domain
 
 
 def _absorb_threshold(dtype):
     # |log u| above this triggers a rebuild of the kernel with u absorbed into the potentials.
     return 30.0 if jnp.finfo(dtype).bits <= 32 else 200.0
+
+
+def _relax(old, new, omega):
+    if isinstance(omega, float) and omega == 1.0:
+        return new
+    return (1 - omega) * old + omega * new
 
 
 class Sinkhorn(AbstractOTSolver):
@@ -50,18 +53,24 @@ class Sinkhorn(AbstractOTSolver):
     passes of `exp` over `n × m`. If the kernel iteration ever produces a non-finite value
     the step is redone in the log domain, so stability is that of the log domain.
 
-    The marginal error is checked every `check_every` sweeps (one extra product each).
+    The marginal error is checked every `check_every` sweeps (one extra product each); each
+    loop step does `check_every` sweeps (fewer in the last one if `max_steps` runs out).
+    `sol.stats` has `num_steps` (sweeps), `marginal_error`, `fallbacks` (kernel-mode steps
+    redone in the log domain) and `omega` (the final relaxation).
 
     **Arguments:**
 
     - `tol`: absolute tolerance on the L1 error of the marginals
-      `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁` (for unbalanced problems, of the first-order conditions).
-    - `max_steps`: the most sweeps.
+      `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁` (for unbalanced problems, of the first-order conditions) at the
+      target epsilon; `None` (default): the OT family's, 1e-6 in float64 and 1e-4 in float32.
+      Annealing stages never end the solve: only the target epsilon's error counts.
+    - `max_steps`: the most sweeps (`stats["num_steps"]` counts sweeps too).
     - `epsilon_scaling`: `js.ot.EpsilonScaling(decay=0.7)` (default: annealing from the
       mean cost) or `None` (start at the target epsilon: plain Sinkhorn).
-    - `acceleration`: `js.ot.Anderson()` (default), `js.ot.Momentum(...)`
-      (over-relaxation) or `None` (plain sweeps). At small epsilon Anderson cuts the sweeps
-      by one to two orders of magnitude (e.g. 590 instead of ~18 000 at ε = 0.01, n = 1000).
+    - `acceleration`: `js.ot.AndersonSinkhorn()` (default), `js.ot.Momentum(...)`
+      (over-relaxation), `None` (plain sweeps), or any `js.ot.AbstractSinkhornAcceleration`.
+      At small epsilon Anderson cuts the sweeps by one to two orders of magnitude (e.g. 590
+      instead of ~18 000 at ε = 0.01, n = 1000).
     - `kernel`: use kernel mode with absorption on dense geometries (default `True`);
       `False` runs every sweep in the log domain. Geometries with `batch_size` always run in
       the log domain, block by block.
@@ -81,10 +90,10 @@ class Sinkhorn(AbstractOTSolver):
     ```
     """
 
-    tol: float | Array = 1e-6
+    tol: float | Array | None = None
     max_steps: int = eqx.field(static=True, default=10_000)
     epsilon_scaling: EpsilonScaling | None = EpsilonScaling(decay=0.7)
-    acceleration: Momentum | Anderson | None = Anderson()
+    acceleration: AbstractSinkhornAcceleration | None = AndersonSinkhorn()
     kernel: bool = eqx.field(static=True, default=True)
     check_every: int = eqx.field(static=True, default=10)
 
@@ -102,16 +111,18 @@ class Sinkhorn(AbstractOTSolver):
         ):
             raise TypeError("`epsilon_scaling` must be None or js.ot.EpsilonScaling(...).")
         if self.acceleration is not None and not isinstance(
-            self.acceleration, (Momentum, Anderson)
+            self.acceleration, AbstractSinkhornAcceleration
         ):
             raise TypeError(
-                "`acceleration` must be None, js.ot.Momentum(...) or js.ot.Anderson(...)."
+                "`acceleration` must be None, js.ot.AndersonSinkhorn(...), js.ot.Momentum(...) "
+                "or another js.ot.AbstractSinkhornAcceleration; got "
+                f"{type(self.acceleration).__name__}."
             )
 
-    def loop_steps(self):
-        return math.ceil(self.max_steps / self.check_every)
-
     # ---- helpers ---------------------------------------------------------------------------
+    def _acc(self) -> AbstractSinkhornAcceleration:
+        return NoAcceleration() if self.acceleration is None else self.acceleration
+
     def _use_kernel(self, problem: OTProblem) -> bool:
         return self.kernel and problem.geom.is_dense
 
@@ -125,53 +136,66 @@ class Sinkhorn(AbstractOTSolver):
         K = problem.geom.kernel(fm, gm, eps)
         return K, K.T
 
-    def _anderson(self):
-        return self.acceleration if isinstance(self.acceleration, Anderson) else None
+    def _live(self, state):
+        """Sweeps this step may do when `max_steps` is not a multiple of `check_every` (the
+        last step then stops at the budget); `None` when every step does `check_every`."""
+        if self.max_steps % self.check_every == 0:
+            return None
+        return jnp.minimum(self.check_every, self.max_steps - state.sweeps)
 
-    def _log_sweeps(self, problem, f, g, eps, omega, count, hist=None, active=False):
+    def _fori(self, body, carry, live):
+        if live is None:
+            return jax.lax.fori_loop(0, self.check_every, body, carry)
+
+        def masked(i, c):
+            new = body(i, c)
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(i < live, a, b), new, c)
+
+        return jax.lax.fori_loop(0, self.check_every, masked, carry)
+
+    def _log_sweeps(self, problem, f, g, eps, omega, acc_state, active, live=None, count=None):
         geom = problem.geom
-        aa = self._anderson() if hist is not None else None
+        acc = self._acc()
+        lim = _absorb_threshold(g.dtype) * eps
 
         def sweep(_, carry):
-            f, g, hist = carry
+            f, g, s = carry
             _, gm = problem.masked(f, g)
             f_new = eps * problem.log_a - problem.tau_a * eps * geom.lse(gm / eps, eps, 1)
-            f1 = jnp.where(problem.mask_a, (1 - omega) * f + omega * f_new, 0.0)
+            f1 = jnp.where(problem.mask_a, _relax(f, f_new, omega), 0.0)
             fm = jnp.where(problem.mask_a, f1, -jnp.inf)
             g_new = eps * problem.log_b - problem.tau_b * eps * geom.lse(fm / eps, eps, 0)
-            g1 = jnp.where(problem.mask_b, (1 - omega) * g + omega * g_new, 0.0)
-            if aa is not None:
-                lim = _absorb_threshold(g.dtype)
-                g1, hist = aa.update(hist, g / eps, g1 / eps, active, None, lim)
-                g1 = g1 * eps
-            return f1, g1, hist
+            g1 = jnp.where(problem.mask_b, _relax(g, g_new, omega), 0.0)
+            g1, s = acc.extrapolate(s, g, g1, active, None, lim)
+            return f1, g1, s
 
-        f, g, hist = jax.lax.fori_loop(0, count, sweep, (f, g, hist))
-        return f, g, problem.marginal_error(f, g, eps), hist
+        if count is None:
+            f, g, acc_state = self._fori(sweep, (f, g, acc_state), live)
+        else:
+            f, g, acc_state = jax.lax.fori_loop(0, count, sweep, (f, g, acc_state))
+        return f, g, problem.marginal_error(f, g, eps), acc_state
 
-    def _kernel_sweeps(self, problem, K, KT, fK, gK, eps, lu, lv, omega, hist, active):
+    def _kernel_sweeps(self, problem, K, KT, fK, gK, eps, lu, lv, omega, acc_state, active, live):
         ma, mb = problem.mask_a, problem.mask_b
         # log u_new = log a − τ_a log(K̃ v) + (τ_a − 1) fK/ε  (and the same for v)
         ca = problem.log_a + (problem.tau_a - 1) * fK / eps
         cb = problem.log_b + (problem.tau_b - 1) * gK / eps
-
-        aa = self._anderson()
+        acc = self._acc()
         thr = _absorb_threshold(K.dtype)
 
         def sweep(_, carry):
-            lu, lv, hist = carry
+            lu, lv, s = carry
             Kv = K @ jnp.exp(lv)
             lu_new = ca - problem.tau_a * jnp.log(jnp.where(ma, Kv, 1.0))
-            lu = jnp.where(ma, (1 - omega) * lu + omega * lu_new, 0.0)
+            lu = jnp.where(ma, _relax(lu, lu_new, omega), 0.0)
             Ku = KT @ jnp.exp(lu)
             lv_new = cb - problem.tau_b * jnp.log(jnp.where(mb, Ku, 1.0))
-            lv1 = jnp.where(mb, (1 - omega) * lv + omega * lv_new, 0.0)
-            if aa is not None:  # extrapolate log v (small numbers: precise in float32)
-                lv1, hist = aa.update(hist, lv, lv1, active, 0.0, thr)
-                lv1 = jnp.where(mb, lv1, 0.0)
-            return lu, lv1, hist
+            lv1 = jnp.where(mb, _relax(lv, lv_new, omega), 0.0)
+            # Extrapolate log v (small numbers: precise in float32).
+            lv1, s = acc.extrapolate(s, lv, lv1, active, 0.0, thr)
+            return lu, jnp.where(mb, lv1, 0.0), s
 
-        lu, lv, hist = jax.lax.fori_loop(0, self.check_every, sweep, (lu, lv, hist))
+        lu, lv, acc_state = self._fori(sweep, (lu, lv, acc_state), live)
         u, v = jnp.exp(lu), jnp.exp(lv)
         r = u * (K @ v)
         c = v * (KT @ u)
@@ -179,10 +203,10 @@ class Sinkhorn(AbstractOTSolver):
         g = jnp.where(mb, gK + eps * lv, 0.0)
         ta, tb = problem.targets(f, g, eps)
         err = jnp.sum(jnp.abs(r - ta)) + jnp.sum(jnp.abs(c - tb))
-        return f, g, err, hist
+        return f, g, err, acc_state
 
-    # ---- the solver interface --------------------------------------------------------------
-    def ot_init(self, y, problem: OTProblem):
+    # ---- the solver protocol ---------------------------------------------------------------
+    def init(self, problem: OTProblem, y, options):
         f, g = y
         dtype = f.dtype
         if self.epsilon_scaling is None or self.epsilon_scaling.init is None:
@@ -195,7 +219,6 @@ class Sinkhorn(AbstractOTSolver):
             self._build_kernel(problem, f, g, eps) if self._use_kernel(problem) else (None, None)
         )
         zero = jnp.array(0, jnp.int32)
-        big = jnp.asarray(jnp.finfo(dtype).max, dtype)
         return _SinkhornState(
             K=K,
             KT=KT,
@@ -206,20 +229,19 @@ class Sinkhorn(AbstractOTSolver):
             outer=zero,
             sweeps=zero,
             at_target=zero,
-            err=big,
-            err_prev=big,
-            omega=jnp.asarray(1.0, dtype),
-            rate=jnp.asarray(0.0, dtype),
-            hist=None if self._anderson() is None else self._anderson().init(g),
+            err=jnp.asarray(jnp.inf, dtype),
+            acc=self._acc().init(g),
             fallbacks=zero,
         )
 
-    def ot_step(self, y, problem: OTProblem, state: _SinkhornState):
+    def step(self, problem: OTProblem, y, state: _SinkhornState):
         f, g = y
         eps = self._epsilon(problem, state.eps0, state.outer)
-        omega = state.omega
+        acc = self._acc()
+        omega = acc.relaxation(state.acc)
         active = eps <= problem.epsilon
-        hist = state.hist
+        live = self._live(state)
+        acc_state = state.acc
         if self._use_kernel(problem):
             thr = _absorb_threshold(f.dtype)
             lu = (f - state.fK) / eps
@@ -231,38 +253,29 @@ class Sinkhorn(AbstractOTSolver):
                 lambda: (*self._build_kernel(problem, f, g, eps), f, g),
                 lambda: (state.K, state.KT, state.fK, state.gK),
             )
-            if hist is not None:  # history of log v is relative to gK: re-centre it
-                shift = jnp.where(rebuild, (state.gK - gK) / eps, 0.0)
-                hist = (hist[0] + shift, hist[1], hist[2])
+            # The extrapolated log v is relative to gK: re-centre the acceleration's history.
+            acc_state = acc.recentre(acc_state, jnp.where(rebuild, (state.gK - gK) / eps, 0.0))
             lu = jnp.where(rebuild, 0.0, lu)
             lv = jnp.where(rebuild, 0.0, lv)
-            f1, g1, err, hist1 = self._kernel_sweeps(
-                problem, K, KT, fK, gK, eps, lu, lv, omega, hist, active
+            f1, g1, err, acc1 = self._kernel_sweeps(
+                problem, K, KT, fK, gK, eps, lu, lv, omega, acc_state, active, live
             )
             ok = jnp.isfinite(err) & jnp.all(jnp.isfinite(f1)) & jnp.all(jnp.isfinite(g1))
-            f1, g1, err, hist = jax.lax.cond(
+            f1, g1, err, acc_state = jax.lax.cond(
                 ok,
-                lambda: (f1, g1, err, hist1),
-                lambda: self._log_sweeps(problem, f, g, eps, 1.0, self.check_every, hist, False),
+                lambda: (f1, g1, err, acc1),
+                lambda: self._log_sweeps(problem, f, g, eps, 1.0, acc_state, False, live),
             )
             fallbacks = state.fallbacks + (~ok).astype(jnp.int32)
         else:
             K, KT, fK, gK = state.K, state.KT, state.fK, state.gK
-            f1, g1, err, hist = self._log_sweeps(
-                problem, f, g, eps, omega, self.check_every, hist, active
+            f1, g1, err, acc_state = self._log_sweeps(
+                problem, f, g, eps, omega, acc_state, active, live
             )
             fallbacks = state.fallbacks
-        is_target = eps <= problem.epsilon
-        at_target = state.at_target + is_target.astype(jnp.int32)
-        rate = state.rate
-        if hist is not None:
-            hist = self._anderson().restart(hist, is_target & ~(err < 0.9 * state.err))
-        if isinstance(self.acceleration, Momentum):
-            new_omega, new_rate = self.acceleration.adapt(
-                omega, rate, err, state.err, at_target, self.check_every
-            )
-            omega = jnp.where(is_target, new_omega, omega)
-            rate = jnp.where(is_target, new_rate, rate)
+        at_target = state.at_target + active.astype(jnp.int32)
+        acc_state = acc.after_check(acc_state, err, state.err, active, at_target, self.check_every)
+        done = self.check_every if live is None else live
         new_state = _SinkhornState(
             K=K,
             KT=KT,
@@ -271,19 +284,42 @@ class Sinkhorn(AbstractOTSolver):
             epsK=eps,
             eps0=state.eps0,
             outer=state.outer + 1,
-            sweeps=state.sweeps + self.check_every,
+            sweeps=state.sweeps + done,
             at_target=at_target,
-            err=jnp.where(is_target, err, jnp.maximum(err, 2 * self.tol)),
-            err_prev=state.err,
-            omega=omega,
-            rate=rate,
-            hist=hist,
+            err=err,
+            acc=acc_state,
             fallbacks=fallbacks,
         )
-        return (f1, g1), new_state, RESULTS.successful
+        return problem.normalise(f1, g1), new_state
 
-    def ot_error(self, y, problem, state):
-        return state.err
+    def terminate(self, problem: OTProblem, y, state: _SinkhornState):
+        # Only the target epsilon's error counts: an annealing stage never ends the solve.
+        started = state.sweeps > 0
+        converged = started & (state.epsK <= problem.epsilon) & (state.err <= self.tol_value())
+        nonfinite = started & ~jnp.isfinite(state.err)
+        done = converged | nonfinite | (state.sweeps >= self.max_steps)
+        result = RESULTS.where(
+            nonfinite,
+            RESULTS.nonfinite,
+            RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached),
+        )
+        return done, result
 
-    def stats(self, state):
-        return {"num_steps": state.sweeps, "fallbacks": state.fallbacks, "omega": state.omega}
+    def error(self, problem: OTProblem, y, state: _SinkhornState):
+        # The state's error is the problem's once at the target epsilon; stopped earlier (by
+        # `max_steps`), the returned potentials' true error is measured (one pass).
+        f, g = y
+        return jax.lax.cond(
+            state.epsK <= problem.epsilon,
+            lambda: state.err,
+            lambda: problem.marginal_error(f, g).astype(state.err.dtype),
+        )
+
+    def postprocess(self, problem: OTProblem, y, state: _SinkhornState):
+        y, _ = super().postprocess(problem, y, state)
+        stats = {
+            "num_steps": state.sweeps,
+            "fallbacks": state.fallbacks,
+            "omega": jnp.asarray(self._acc().relaxation(state.acc), state.err.dtype),
+        }
+        return y, stats

@@ -16,6 +16,7 @@ marginal constraints), with respect to the cost matrix (hence the points), `a`, 
 """
 
 import functools
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -25,13 +26,13 @@ from jaxtyping import Array, Float
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._minimise import LBFGS, minimise
-from .._solution import RESULTS
+from .._solution import RESULTS, Solution
 
 
 def _as_cost_matrix(geom) -> Array:
-    cost = getattr(geom, "cost_matrix", geom)
+    cost: Any = getattr(geom, "cost_matrix", geom)
     if callable(cost) and not eqx.is_array(cost):
-        cost = cost()
+        cost = cost()  # pyright: ignore[reportCallIssue]
     if not eqx.is_array(cost) and not hasattr(cost, "shape"):
         cost = jnp.asarray(cost)
     if cost.ndim != 2:
@@ -46,7 +47,7 @@ def _as_cost_matrix(geom) -> Array:
             f"solve_smooth needs at least one source and one target point; got a cost matrix of "
             f"shape {cost.shape}."
         )
-    return cost
+    return jnp.asarray(cost)
 
 
 def _check_gamma(gamma):
@@ -144,12 +145,13 @@ class SparsityConstrainedOT(QuadraticOT):
         return min(self.k, n)
 
 
-class SmoothOTOutput(eqx.Module):
-    """The solution of `js.ot.solve_smooth`.
+class SmoothOTOutput(Solution):
+    """The solution of `js.ot.solve_smooth`: a `js.Solution` whose `value` is `(f, g)`.
 
     **Attributes:** `f`, `g` (dual potentials), `plan` (the n×m sparse plan, materialised),
     `transport_cost` (`<T, C>`), `reg_cost` (`<T, C> + (γ/2)‖T‖²`), `dual_cost` (the dual
-    objective), `result`, `stats` (`num_steps`, `error`, `marginal_error`: L1 marginal error).
+    objective), `result`, `stats` (`num_steps`, `error`, `marginal_error`: L1 marginal error),
+    `state` (L-BFGS's final state).
 
     **Example:**
 
@@ -162,18 +164,23 @@ class SmoothOTOutput(eqx.Module):
     assert isinstance(out, js.ot.SmoothOTOutput)
     assert abs(out.reg_cost - out.dual_cost) < 1e-8        # strong duality
     assert abs(out.transport_cost) < 1e-8                   # the diagonal plan costs nothing
+    assert isinstance(out, js.Solution)
     ```
     """
 
-    f: Float[Array, " n"]
-    g: Float[Array, " m"]
-    cost_matrix: Float[Array, "n m"]
-    a: Float[Array, " n"]
-    b: Float[Array, " m"]
-    gamma: float | Array
-    k: int = eqx.field(static=True)
-    result: RESULTS
-    stats: dict
+    cost_matrix: Float[Array, "n m"] = eqx.field(kw_only=True)
+    a: Float[Array, " n"] = eqx.field(kw_only=True)
+    b: Float[Array, " m"] = eqx.field(kw_only=True)
+    gamma: float | Array = eqx.field(kw_only=True)
+    k: int = eqx.field(static=True, kw_only=True)
+
+    @property
+    def f(self) -> Float[Array, " n"]:
+        return self.value[0]
+
+    @property
+    def g(self) -> Float[Array, " m"]:
+        return self.value[1]
 
     @property
     def plan(self) -> Array:
@@ -332,8 +339,17 @@ def _solve_smooth(solver, cost, a, b, adjoint, throw):
     stats["marginal_error"] = jax.lax.stop_gradient(
         jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
     )
-    out = SmoothOTOutput(f, g, cost, a, b, gamma_s, k, result, stats)
+    value = (f, g)
     if throw:
-        f = result.error_if(f, result != RESULTS.successful)
-        out = eqx.tree_at(lambda o: o.f, out, f)
-    return out
+        value = result.error_if(value, result != RESULTS.successful)
+    return SmoothOTOutput(
+        value=value,
+        result=result,
+        stats=stats,
+        state=sol.state,
+        cost_matrix=cost,
+        a=a,
+        b=b,
+        gamma=gamma_s,
+        k=k,
+    )

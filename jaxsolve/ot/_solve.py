@@ -1,36 +1,31 @@
-"""`js.ot.solve`: validate, build the `OTProblem`, run a solver, differentiate implicitly."""
+"""`js.ot.solve`: check the arguments, build the `OTProblem`, run a solver with
+`js.iterative_solve` (loop, implicit derivative, value checks, `throw`), wrap an
+`OTSolution`."""
 
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import lineax as lx
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
-from .._solution import RESULTS
-from .._solve import iterative_solve
+from .._solve import iterative_solve, with_tol
 from ._base import AbstractOTSolver
 from ._geometry import AbstractGeometry
 from ._output import OTSolution
-from ._problem import OTProblem, ot_optimality
+from ._problem import OTProblem
 from ._sinkhorn import Sinkhorn
 
-_TAGS = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
-
-def default_linear_solver(dtype) -> lx.AbstractLinearSolver:
-    """The implicit-derivative solve's default: matrix-free CG (the Jacobian of
-    `ot_optimality` is symmetric positive definite)."""
-    if jnp.finfo(dtype).bits <= 32:
-        return lx.CG(rtol=1e-6, atol=1e-9, max_steps=2000)
-    return lx.CG(rtol=1e-10, atol=1e-14, max_steps=5000)
+def _check_real(x, what):
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise TypeError(f"{what} must be real; got dtype {jnp.result_type(x)}.")
 
 
 def _check_weights(w, size, name, side):
     if w is None:
         return None
     w = jnp.asarray(w)
+    _check_real(w, f"`{name}`")
     if w.ndim != 1 or w.shape[0] != size:
         raise ValueError(
             f"`{name}` must be a vector with one weight per {side} point, shape ({size},); got "
@@ -42,6 +37,7 @@ def _check_weights(w, size, name, side):
 
 
 def _check_tau(tau, name):
+    _check_real(tau, f"`{name}`")
     if isinstance(tau, (int, float)) and not 0 < tau <= 1:
         raise ValueError(
             f"`{name}` must be in (0, 1] (1 = balanced, smaller = looser marginal); got {tau!r}."
@@ -89,7 +85,9 @@ def solve(
     `result`, `stats` with `num_steps` and `marginal_error`).
 
     Invalid values (negative or NaN weights, unequal masses in a balanced problem,
-    `ε ≤ 0`) give `js.RESULTS.invalid_input` (an error with `throw=True`).
+    `ε ≤ 0`) give `js.RESULTS.invalid_input`, NaN/inf in the cost or points
+    `js.RESULTS.nonfinite` (errors with `throw=True`; `OTProblem.validate`). Complex costs,
+    points or weights, and empty point sets, are refused at trace time.
 
     **Example:**
 
@@ -121,7 +119,12 @@ def solve(
             "`solver` must be an OT solver such as js.ot.Sinkhorn(...); got "
             f"{type(solver).__name__}."
         )
+    _check_real(jnp.zeros((), geom.dtype), "The geometry's cost")
     n, m = geom.shape
+    if n == 0 or m == 0:
+        raise ValueError(
+            f"js.ot.solve needs at least one source and one target point; got {n} and {m}."
+        )
     a = _check_weights(a, n, "a", "source")
     b = _check_weights(b, m, "b", "target")
     _check_tau(tau_a, "tau_a")
@@ -130,12 +133,15 @@ def solve(
         if not (isinstance(init, (tuple, list)) and len(init) == 2):
             raise TypeError("`init` must be None or a pair of potentials (f0, g0).")
         f0, g0 = (jnp.asarray(init[0]), jnp.asarray(init[1]))
+        _check_real(f0, "`init`")
+        _check_real(g0, "`init`")
         if f0.shape != (n,) or g0.shape != (m,):
             raise ValueError(
                 f"`init` potentials must have shapes ({n},) and ({m},); got {f0.shape} and "
                 f"{g0.shape}."
             )
         init = (f0, g0)
+    solver = with_tol(solver, None, OTProblem.default_tol(geom.dtype))
     return _solve(geom, a, b, tau_a, tau_b, solver, adjoint, init, throw, progress)
 
 
@@ -148,61 +154,21 @@ def _solve(geom, a, b, tau_a, tau_b, solver, adjoint, init, throw, progress):
     b = jnp.full(m, 1.0 / m, dtype) if b is None else b.astype(dtype)
     tau_a = jnp.asarray(tau_a, dtype)
     tau_b = jnp.asarray(tau_b, dtype)
-    eps = geom.epsilon
-
-    # Value checks: a failed check gives RESULTS.invalid_input; the solve itself then runs on
-    # harmless stand-ins (uniform weights, epsilon 1) so that nothing else misbehaves.
-    balanced = (tau_a == 1) & (tau_b == 1)
-    mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-    rtol = 100 * jnp.finfo(dtype).eps
-    bad_weights = (
-        jnp.any(~(a >= 0)) | jnp.any(~(b >= 0)) | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b)
-    )
-    bad_weights = bad_weights | (mass_a <= 0) | (mass_b <= 0)
-    bad_mass = balanced & (jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b))
-    bad_eps = ~(eps > 0) | ~jnp.isfinite(eps)
-    bad_tau = ~((tau_a > 0) & (tau_a <= 1) & (tau_b > 0) & (tau_b <= 1))
-    invalid = bad_weights | bad_mass | bad_eps | bad_tau
-    a = jnp.where(invalid, 1.0 / n, a)
-    b = jnp.where(invalid, 1.0 / m, b)
-    eps = jnp.where(invalid, 1.0, eps)
-    tau_a = jnp.where(invalid, 1.0, tau_a)
-    tau_b = jnp.where(invalid, 1.0, tau_b)
-
-    problem = OTProblem(geom, a, b, tau_a, tau_b, eps)
+    # Invalid values are recorded in the problem (its `validate()` says so) and replaced by
+    # harmless stand-ins, so that the solve and its derivative run on a sane problem.
+    problem = OTProblem(geom, a, b, tau_a, tau_b, geom.epsilon).with_stand_ins()
     if init is None:
         y0 = (jnp.zeros(n, dtype), jnp.zeros(m, dtype))
     else:
-        y0 = (init[0].astype(dtype), init[1].astype(dtype))
-        y0 = problem.normalise(*y0)
-    y0 = jax.lax.stop_gradient(y0)
-    if isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver is None:
-        adjoint = ImplicitAdjoint(default_linear_solver(dtype))
+        y0 = problem.normalise(init[0].astype(dtype), init[1].astype(dtype))
     sol = iterative_solve(
-        solver,
-        None,
-        y0,
         problem,
-        optimality=ot_optimality,
-        tags=_TAGS,
-        tol=solver.tol,
-        max_steps=solver.loop_steps(),
+        solver,
+        y0,
+        max_steps=solver.max_steps,
         adjoint=adjoint,
+        throw=throw,
         progress=progress,
         name=type(solver).__name__,
     )
-    result = RESULTS.where(invalid, RESULTS.invalid_input, sol.result)
-    stats = dict(sol.stats)
-    # A solver's own error can be that of an intermediate epsilon (epsilon scaling stopped by
-    # `max_steps`): an unsuccessful solve reports the true error of the returned potentials.
-    err = stats.pop("error")
-    f_, g_ = jax.lax.stop_gradient(sol.value)
-    stats["marginal_error"] = jax.lax.cond(
-        result == RESULTS.successful,
-        lambda: jnp.asarray(err, dtype),
-        lambda: problem.marginal_error(f_, g_).astype(dtype),
-    )
-    f, g = sol.value
-    if throw:
-        f = result.error_if(f, result != RESULTS.successful)
-    return OTSolution(f=f, g=g, problem=problem, result=result, stats=stats)
+    return OTSolution(value=sol.value, result=sol.result, stats=sol.stats, problem=problem)

@@ -11,16 +11,15 @@ after a Sinkhorn warm-up (`js.ot.Sinkhorn` itself, run to a loose tolerance) SNS
 steps with `P` replaced by its largest entries. Here the sparsification has static shapes (the
 `k` largest entries of each row and of each column, their union, held as a dense masked matrix
 at these sizes), so the solver jits and vmaps; the Newton system is solved inexactly (forcing
-term min(0.1, ‖∇L‖₁), never tighter than reaching the tolerance needs) by Jacobi-preconditioned
-CG on its Schur complement in `g` (the exact diagonal makes the sparsified matrix diagonally
-dominant, so the complement is positive definite; the right-hand side is orthogonal to the null
-direction `(1, −1)` and a tiny ridge keeps CG well defined), and a backtracking (Armijo) line
-search on `L` accepts the step. A Newton step whose line search fails is replaced by a Sinkhorn
-sweep, so `L` never decreases, and the returned point is never worse (in marginal error) than
-the best one seen.
+term min(0.1, ‖∇L‖₁), never tighter than reaching the tolerance needs) by `js.linear.CG` with
+a Jacobi preconditioner on its Schur complement in `g` (the exact diagonal makes the sparsified
+matrix diagonally dominant, so the complement is positive definite; the right-hand side is
+orthogonal to the null direction `(1, −1)` and a tiny ridge keeps CG well defined), and a
+backtracking (Armijo) line search on `L` (the core `backtracking`) accepts the step. A Newton
+step whose line search fails is replaced by a Sinkhorn sweep, so `L` never decreases, and the
+returned point is never worse (in marginal error) than the best one seen.
 """
 
-import math
 from typing import Any
 
 import equinox as eqx
@@ -28,7 +27,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._linesearch import backtracking
 from .._solution import RESULTS
+from ..linear import CG, JacobiPreconditioner, solve as linear_solve
 from ._base import AbstractOTSolver
 from ._epsilon_scaling import EpsilonScaling
 from ._geometry import mean_cost
@@ -36,13 +37,14 @@ from ._problem import OTProblem
 from ._sinkhorn import Sinkhorn
 
 _CHECK_EVERY = 10  # sweeps per loop step of the warm-up (its marginal error is checked)
+_NEWTON, _SWEEP = 1, 2  # the Newton phase's two kinds of step (0: warm-up)
 
 
 class _SNSState(eqx.Module):
-    step: Array
     warm: Any  # the warm-up Sinkhorn's state
     in_warmup: Array
-    err: Array
+    err: Array  # marginal error of the current point (inf before the first real one)
+    real: Array  # whether `err` is at the target epsilon (the problem's error)
     best_f: Array
     best_g: Array
     best_err: Array
@@ -72,7 +74,7 @@ def _sweep(f, g, problem):
     """One log-domain Sinkhorn sweep at the problem's epsilon (Sinkhorn's own), with the new
     L1 marginal error: the fallback when Newton steps fail."""
     sweeper = Sinkhorn(epsilon_scaling=None, acceleration=None)
-    f, g, err, _ = sweeper._log_sweeps(problem, f, g, problem.epsilon, 1.0, 1)
+    f, g, err, _ = sweeper._log_sweeps(problem, f, g, problem.epsilon, 1.0, None, False, count=1)
     return f, g, jnp.where(jnp.isfinite(err), err, jnp.inf)
 
 
@@ -110,36 +112,6 @@ def _kth_thresholds(logp, kr, kc, iters=8, span=40.0):
     return lr, lc
 
 
-def _pcg(matvec, rhs, precond, tol, max_iter):
-    """Preconditioned CG (relative residual `tol`); returns (solution, iterations)."""
-    x = jnp.zeros_like(rhs)
-    r = rhs
-    z = precond(r)
-    p = z
-    rz = jnp.sum(r * z)
-    stop = tol**2 * jnp.sum(rhs * rhs)
-
-    def cond(c):
-        _, r, _, _, i = c
-        return (i < max_iter) & (jnp.sum(r * r) > stop)
-
-    def body(c):
-        x, r, p, rz, i = c
-        ap = matvec(p)
-        pap = jnp.sum(p * ap)
-        alpha = rz / jnp.where(pap > 0, pap, 1.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        z = precond(r)
-        rz_new = jnp.sum(r * z)
-        beta = rz_new / jnp.where(rz > 0, rz, 1.0)
-        p = z + beta * p
-        return x, r, p, rz_new, i + 1
-
-    x, _, _, _, i = jax.lax.while_loop(cond, body, (x, r, p, rz, jnp.array(0, jnp.int32)))
-    return x, i
-
-
 class SparseNewton(AbstractOTSolver):
     """Sinkhorn–Newton–Sparse (Tang et al., ICLR 2024) for `js.ot.solve`.
 
@@ -157,15 +129,21 @@ class SparseNewton(AbstractOTSolver):
 
     **Arguments:**
 
-    - `tol`: absolute tolerance on the L1 marginal error `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁`.
-    - `max_steps`: the most Newton steps (and fallback sweeps) after the warm-up.
-    - `warmup`: the most Sinkhorn sweeps of the warm-up (default 2000; 0: no warm-up).
+    - `tol`: absolute tolerance on the L1 marginal error `‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁`; `None`
+      (default): the OT family's (1e-6 in float64, 1e-4 in float32). SNS reaches 1e-10 and
+      below in float64: ask for it.
+    - `max_steps`: the most iterations in all: warm-up sweeps, Newton steps and fallback
+      sweeps (default 2100: the warm-up's 2000 sweeps and 100 Newton steps).
+    - `warmup`: the most Sinkhorn sweeps of the warm-up (default 2000; 0: no warm-up; never
+      more than `max_steps`).
     - `warmup_tol`: the warm-up stops once the marginal error is below this (default 1e-3).
     - `warmup_decay`: the warm-up's epsilon-scaling factor per 10 sweeps (default 0.5; smaller
       if the target epsilon would otherwise not be reached within 3/4 of `warmup`).
     - `k`: entries kept per row and per column of the plan in the Hessian (default 32).
     - `cg_tol`, `cg_max_steps`: the tightest relative tolerance and the most iterations of
-      each CG solve (on the Schur complement of the Newton system).
+      each CG solve (`js.linear.CG` with a Jacobi preconditioner, on the Schur complement of
+      the Newton system; a solve that stops at `cg_max_steps` still gives a direction, which
+      the line search judges).
     - `forcing`: inexact Newton; each CG solve stops at relative residual
       `max(cg_tol, forcing × min(0.1, max(‖∇L‖₁, 0.1 tol/‖∇L‖₁)))` (default 1; 0: always
       `cg_tol`): quadratic convergence, without solving more accurately than reaching `tol`
@@ -175,8 +153,9 @@ class SparseNewton(AbstractOTSolver):
       at small epsilon the Hessian is nearly singular along shifts of weakly coupled blocks.
     - `floor`: the Hessian's diagonal is floored at this × the target marginal (default 0).
 
-    `sol.stats` has `num_steps` (Sinkhorn sweeps + Newton steps, the SNS paper's count),
-    `sinkhorn_steps`, `newton_steps`, `cg_steps`.
+    `sol.stats` has `num_steps` (Sinkhorn sweeps + Newton steps, warm-up included: the SNS
+    paper's count), `sinkhorn_steps`, `newton_steps`, `cg_steps` (CG iterations in all).
+    Unbalanced problems (`tau_a` or `tau_b` below 1) give `js.RESULTS.invalid_input`.
 
     **Example:**
 
@@ -193,8 +172,8 @@ class SparseNewton(AbstractOTSolver):
     ```
     """
 
-    tol: float | Array = 1e-9
-    max_steps: int = eqx.field(static=True, default=100)
+    tol: float | Array | None = None
+    max_steps: int = eqx.field(static=True, default=2100)
     warmup: int = eqx.field(static=True, default=2000)
     warmup_tol: float | Array = 1e-3
     warmup_decay: float | Array = 0.5
@@ -222,32 +201,37 @@ class SparseNewton(AbstractOTSolver):
                 f"SparseNewton `warmup_decay` must be in (0, 1); got {self.warmup_decay!r}."
             )
 
+    @property
+    def _warmup(self) -> int:
+        return min(self.warmup, self.max_steps)
+
     def _warm_solver(self, problem: OTProblem):
         # Epsilon scaling by `warmup_decay` per 10 sweeps, faster if that is what reaching the
         # target epsilon within three quarters of the `warmup` budget takes.
-        stages = max(1, (3 * self.warmup) // (4 * _CHECK_EVERY))
+        stages = max(1, (3 * self._warmup) // (4 * _CHECK_EVERY))
         eps0 = jnp.maximum(jax.lax.stop_gradient(mean_cost(problem.geom)), problem.epsilon)
         decay = jnp.minimum(self.warmup_decay, (problem.epsilon / eps0) ** (1.0 / stages))
         return Sinkhorn(
             tol=self.warmup_tol,
-            max_steps=max(self.warmup, 1),
+            max_steps=max(self._warmup, 1),
             epsilon_scaling=EpsilonScaling(decay=decay),
             check_every=_CHECK_EVERY,
         )
 
-    def loop_steps(self):
-        return math.ceil(self.warmup / _CHECK_EVERY) + self.max_steps
+    @staticmethod
+    def _iterations(state: _SNSState):
+        return state.warm.sweeps + state.fallback_sweeps + state.newton_steps
 
-    # ---- the AbstractOTSolver interface ---------------------------------------------------
-    def ot_init(self, y, problem: OTProblem):
+    # ---- the solver protocol ---------------------------------------------------------------
+    def init(self, problem: OTProblem, y, options):
         f, g = y
         zero = jnp.array(0, jnp.int32)
         inf = jnp.asarray(jnp.inf, f.dtype)
         return _SNSState(
-            step=zero,
-            warm=self._warm_solver(problem).ot_init(y, problem),
-            in_warmup=jnp.array(self.warmup > 0),
-            err=jnp.asarray(jnp.finfo(f.dtype).max, f.dtype),
+            warm=self._warm_solver(problem).init(problem, y, options),
+            in_warmup=jnp.array(self._warmup > 0),
+            err=inf,
+            real=jnp.array(False),
             best_f=f,
             best_g=g,
             best_err=inf,
@@ -257,12 +241,37 @@ class SparseNewton(AbstractOTSolver):
             failed_newton=zero,
         )
 
-    def ot_error(self, y, problem, state):
-        return state.err
+    def terminate(self, problem: OTProblem, y, state: _SNSState):
+        converged = state.real & (state.err <= self.tol_value())
+        # `err` is inf only when a step's plan was not finite (or before any step).
+        nonfinite = (self._iterations(state) > 0) & ~jnp.isfinite(state.err)
+        unbalanced = problem.balanced < 1
+        done = converged | nonfinite | unbalanced | (self._iterations(state) >= self.max_steps)
+        result = RESULTS.where(
+            converged,
+            RESULTS.successful,
+            RESULTS.where(nonfinite, RESULTS.nonfinite, RESULTS.max_steps_reached),
+        )
+        return done, RESULTS.where(unbalanced, RESULTS.invalid_input, result)
 
-    def stats(self, state):
+    def error(self, problem: OTProblem, y, state: _SNSState):
+        # The error of the point `postprocess` returns (the best seen, if the last is worse);
+        # stopped before the warm-up reached the target epsilon: measured (one pass).
+        err = jnp.minimum(state.err, state.best_err)
+        f, g = y
+        return jax.lax.cond(
+            state.real, lambda: err, lambda: problem.marginal_error(f, g).astype(err.dtype)
+        )
+
+    def postprocess(self, problem: OTProblem, y, state: _SNSState):
+        # Never end on a worse point than the best one seen (e.g. the warm start).
+        back = state.best_err < state.err
+        f, g = y
+        f = jnp.where(back, state.best_f, f)
+        g = jnp.where(back, state.best_g, g)
+        y, _ = super().postprocess(problem, (f, g), state)
         sweeps = state.warm.sweeps + state.fallback_sweeps
-        return {
+        return y, {
             "num_steps": sweeps + state.newton_steps,
             "sinkhorn_steps": sweeps,
             "newton_steps": state.newton_steps,
@@ -284,7 +293,8 @@ class SparseNewton(AbstractOTSolver):
         # Static-shape sparsification: the k largest entries of each row and of each
         # column (their union), kept as a dense masked matrix: at these sizes a dense
         # matrix-vector product costs about what a Sinkhorn sweep does, where gathers and
-        # scatters of k·n indices are several times slower on CPU.
+        # scatters of k·n indices are several times slower on CPU. (`k` above the number of
+        # points keeps every entry.)
         kr, kc = min(self.k, m), min(self.k, n)
         row_th, col_th = _kth_thresholds(logp, kr, kc)
         pk = jnp.where((logp >= row_th[:, None]) | (logp >= col_th[None, :]), p, 0.0)
@@ -320,7 +330,14 @@ class SparseNewton(AbstractOTSolver):
         eta = jnp.maximum(jnp.minimum(0.1, gnorm), 0.1 * tol / gnorm)
         rtol = jnp.maximum(self.cg_tol, jnp.minimum(0.1, eta) * self.forcing)
         rtol = jnp.where(self.forcing > 0, rtol, self.cg_tol)
-        dg, iters = _pcg(schur, rhs_s, lambda v: v / s_diag, rtol, self.cg_max_steps)
+        cg = CG(
+            tol=rtol,
+            max_steps=self.cg_max_steps,
+            preconditioner=JacobiPreconditioner(s_diag),
+        )
+        # An unconverged solve still gives a direction: the line search judges it.
+        out = linear_solve(schur, rhs_s, solver=cg, throw=False)
+        dg, iters = out.value, out.stats["num_steps"]
         df = inv_f * (rf - pk @ dg)
         df = jnp.where(problem.mask_a, df, 0.0)
         dg = jnp.where(problem.mask_b, dg, 0.0)
@@ -335,24 +352,20 @@ class SparseNewton(AbstractOTSolver):
 
         # Backtracking (Armijo) line search on the dual; each trial is one pass of exp, whose
         # marginals give the new error.
-        def ls_cond(c):
-            _, i, ok, _ = c
-            return (~ok) & (i < self.max_backtracks)
-
-        def ls_body(c):
-            t, i, _, _ = c
-            t = jnp.where(i == 0, t, 0.5 * t)
+        def trial(t):
             _, _, lt, err_t = _plan_terms(f + t * df, g + t * dg, cost, eps, problem)
+            return lt, err_t
+
+        def accept(t, out):
+            lt, err_t = out
             # Near the optimum the dual's increase (~ε‖∇L‖²) falls below its rounding error,
             # and the marginal error, which the step must then reduce, is the test instead.
             lost = t * slope <= 64 * jnp.finfo(dtype).eps * jnp.abs(l0)
             ok = (lt >= l0 + 1e-4 * t * slope) | (lost & (err_t < err0))
-            ok = ok & jnp.isfinite(lt)
-            return t, i + 1, ok, err_t
+            return ok & jnp.isfinite(lt)
 
-        one, zero = jnp.array(1.0, dtype), jnp.array(0, jnp.int32)
-        t, _, ok, err_t = jax.lax.while_loop(
-            ls_cond, ls_body, (one, zero, jnp.array(False), jnp.asarray(jnp.inf, dtype))
+        t, (_, err_t), ok, _ = backtracking(
+            trial, accept, jnp.array(1.0, dtype), self.max_backtracks
         )
         ok = ok & (slope > 0) & jnp.isfinite(slope)
 
@@ -362,23 +375,20 @@ class SparseNewton(AbstractOTSolver):
         )
         return f1, g1, err, ok, iters
 
-    def ot_step(self, y, problem: OTProblem, state: _SNSState):
+    def step(self, problem: OTProblem, y, state: _SNSState):
         f, g = y
         warm_solver = self._warm_solver(problem)
         false, zero = jnp.array(False), jnp.array(0, jnp.int32)
 
         def warm_up():
-            (f1, g1), warm, _ = warm_solver.ot_step(y, problem, state.warm)
-            f1, g1 = problem.normalise(f1, g1)
-            err = warm_solver.ot_error((f1, g1), problem, warm)
+            (f1, g1), warm = warm_solver.step(problem, y, state.warm)
             # Before the last epsilon stage the warm-up's error is not the problem's.
-            real = warm.at_target > state.warm.at_target
-            done = (real & (err <= self.warmup_tol)) | (warm.sweeps >= self.warmup)
-            err = jnp.where(real, err, jnp.finfo(err.dtype).max)
-            return f1, g1, err, real, warm, ~done, false, false, zero
+            real = warm.epsK <= problem.epsilon
+            done, _ = warm_solver.terminate(problem, (f1, g1), warm)
+            return f1, g1, warm.err, real, warm, ~done, false, false, zero
 
         def newton():
-            f1, g1, err, ok, iters = self._newton(f, g, problem, self.tol)
+            f1, g1, err, ok, iters = self._newton(f, g, problem, self.tol_value())
             return f1, g1, err, jnp.array(True), state.warm, false, ok, ~ok, iters
 
         def sweep():
@@ -386,42 +396,24 @@ class SparseNewton(AbstractOTSolver):
             f1, g1, err = _sweep(f, g, problem)
             return f1, g1, err, jnp.array(True), state.warm, false, false, false, zero
 
-        branch = jnp.where(state.in_warmup, 0, jnp.where(state.failed_newton < 3, 1, 2))
+        branch = jnp.where(state.in_warmup, 0, jnp.where(state.failed_newton < 3, _NEWTON, _SWEEP))
         f1, g1, err, real, warm, in_warmup, newton_ok, failed, iters = jax.lax.switch(
             branch, (warm_up, newton, sweep)
         )
-        phase_steps = state.newton_steps + state.fallback_sweeps + (branch > 0)
         f1, g1 = problem.normalise(f1, g1)
         improved = real & (err < state.best_err)
-        best_f = jnp.where(improved, f1, state.best_f)
-        best_g = jnp.where(improved, g1, state.best_g)
-        best_err = jnp.where(improved, err, state.best_err)
-        # Never end on a worse point than the best seen (e.g. the warm start).
-        exhausted = phase_steps >= self.max_steps
-        last = exhausted | (state.step + 1 >= self.loop_steps())
-        back = last & (err > best_err)
-        f1 = jnp.where(back, best_f, f1)
-        g1 = jnp.where(back, best_g, g1)
-        err = jnp.where(back, best_err, err)
+        newton_phase = (branch > 0).astype(jnp.int32)
         state = _SNSState(
-            step=state.step + 1,
             warm=warm,
             in_warmup=in_warmup,
             err=err,
-            best_f=best_f,
-            best_g=best_g,
-            best_err=best_err,
-            fallback_sweeps=state.fallback_sweeps
-            + (branch > 0).astype(jnp.int32)
-            - newton_ok.astype(jnp.int32),
+            real=real,
+            best_f=jnp.where(improved, f1, state.best_f),
+            best_g=jnp.where(improved, g1, state.best_g),
+            best_err=jnp.where(improved, err, state.best_err),
+            fallback_sweeps=state.fallback_sweeps + newton_phase - newton_ok.astype(jnp.int32),
             newton_steps=state.newton_steps + newton_ok.astype(jnp.int32),
             cg_steps=state.cg_steps + iters,
             failed_newton=jnp.where(failed, state.failed_newton + 1, 0),
         )
-        bad = problem.balanced < 1
-        # The Newton phase has used its `max_steps`: stop the loop there.
-        result = RESULTS.where(
-            exhausted & ~(err <= self.tol), RESULTS.max_steps_reached, RESULTS.successful
-        )
-        result = RESULTS.where(bad, RESULTS.invalid_input, result)
-        return (f1, g1), state, result
+        return (f1, g1), state
