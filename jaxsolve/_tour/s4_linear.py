@@ -30,9 +30,9 @@ def run():
         ),
         "GMRES(20)": js.linear.GMRES(tol=1e-8),
         "BiCGStab": js.linear.BiCGStab(tol=1e-8),
-        "SOR(1.0) = Gauss-Seidel": js.linear.SOR(1.0, tol=1e-8),
-        "SOR(1.8)": js.linear.SOR(1.8, tol=1e-8),
-        "SSOR(1.8)": js.linear.SSOR(1.8, tol=1e-8),
+        "SOR(1.0) = Gauss-Seidel": js.linear.SOR(omega=1.0, tol=1e-8),
+        "SOR(1.8)": js.linear.SOR(omega=1.8, tol=1e-8),
+        "SSOR(1.8)": js.linear.SSOR(omega=1.8, tol=1e-8),
     }
     for name, solver in solvers.items():
         sol = js.linear.solve(A, b, solver)
@@ -68,7 +68,7 @@ def run():
 
     def steps(c, omega):
         A = js.linear.Stencil5.poisson((m, m), shift=c)
-        solver = js.linear.SOR(omega, tol=1e-6, max_steps=2000)
+        solver = js.linear.SOR(omega=omega, tol=1e-6, max_steps=2000)
         return js.linear.solve(A, rhs, solver, throw=False).stats["num_steps"]
 
     @jax.jit

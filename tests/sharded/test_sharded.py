@@ -72,9 +72,11 @@ def test_batches_of_linear_systems_and_inner_problems_are_data_parallel():
     lin = jax.jit(jax.vmap(lambda A, b: js.linear.solve(A, b, throw=False).value))
     fit = jax.jit(
         jax.vmap(
-            lambda A, b: js.minimise(
-                lambda w, d: 0.5 * w @ d[0] @ w - d[1] @ w, jnp.zeros(6), (A, b), throw=False
-            ).value
+            lambda A, b: (
+                js.minimise(
+                    lambda w, d: 0.5 * w @ d[0] @ w - d[1] @ w, jnp.zeros(6), (A, b), throw=False
+                ).value
+            )
         )
     )
     sharding = NamedSharding(_mesh(k), P("d"))
