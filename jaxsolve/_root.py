@@ -279,8 +279,8 @@ class AndersonFixedPoint(AbstractFixedPointSolver):
     - `history`: number of past differences of iterates used (default 5; `history + 1`
       iterates are combined).
     - `mixing`: `β`, the damping of the extrapolated step (default 1).
-    - `regularisation`: Tikhonov term relative to the largest squared residual norm
-      (default `None`: 1e-10 in float64, 1e-4 in float32).
+    - `regularisation`: Tikhonov term on the Jacobi-scaled Gram matrix of the residuals
+      (default `None`: 1e-12 in float64, 1e-4 in float32).
     - `tol`: tolerance on `‖T(y) − y‖₂` (`None`: `js.fixed_point`'s `tol`).
 
     **Example:**

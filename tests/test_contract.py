@@ -93,7 +93,9 @@ def _hypergradient(estimator, **kw):
 
 
 def _value(sol):
-    leaves = jax.tree_util.tree_leaves(sol.value)
+    # For a hypergradient: its outer loss (differentiable through the inner solve).
+    out = sol.loss if isinstance(sol, js.bilevel.Hypergradient) else sol.value
+    leaves = jax.tree_util.tree_leaves(out)
     return sum(jnp.sum(leaf) for leaf in leaves)
 
 
@@ -111,7 +113,10 @@ CASES = {  # built lazily, so that one family's construction error fails only it
     "ot-SparseNewton": lambda: _ot(js.ot.SparseNewton(tol=1e-5 if F32 else 1e-8)),
     "bilevel-Implicit": lambda: _hypergradient(js.bilevel.Implicit()),
     "bilevel-Unrolled": lambda: _hypergradient(
-        js.bilevel.Unrolled(), inner_solver=js.GradientDescent(0.3), inner_max_steps=300
+        # "bounded": differentiable again (a checkpointed loop's reverse pass is not)
+        js.bilevel.Unrolled(kind="bounded"),
+        inner_solver=js.GradientDescent(0.3),
+        inner_max_steps=300,
     ),
 }
 

@@ -72,7 +72,7 @@ def hypergradient(
     *,
     estimator: AbstractEstimator = Implicit(),
     inner_solver: AbstractMinimiser | None = None,
-    inner_tol: float = 1e-8,
+    inner_tol: float | None = None,
     inner_max_steps: int = 1000,
     adjoint0: PyTree[Array] | None = None,
     throw: bool = True,
@@ -102,7 +102,9 @@ def hypergradient(
       a subclass of `js.bilevel.AbstractEstimator` of your own.
     - `inner_solver`: a `js.minimise` solver (default `js.LBFGS()`; for `Unrolled`
       `js.GradientDescent(lr)` is the usual choice).
-    - `inner_tol`, `inner_max_steps`: the inner solve's tolerance on `‖∇_y G‖` and step bound.
+    - `inner_tol`, `inner_max_steps`: the inner solve's tolerance on `‖∇_y G‖` and step bound
+      (`inner_tol=None`: the inner solver's, else `js.minimise`'s default for the dtype,
+      1e-6 in float64 and 1e-4 in float32).
     - `adjoint0`: a warm start of the adjoint vector (implicit estimators), or `None`.
     - `throw`: raise, with the result's message, if the hypergradient is not `successful`
       (inner or adjoint solve not converged, non-finite values). With `False` nothing raises,
@@ -146,7 +148,7 @@ def hypergradient(
         floats_to_arrays(outer_args),
         floats_to_arrays(inner_args),
         inner_solver,
-        jnp.asarray(inner_tol),
+        None if inner_tol is None else jnp.asarray(inner_tol),
         inner_max_steps,
     )
     return _hypergradient_jit(problem, estimator, theta, y0, adjoint0, throw)

@@ -91,7 +91,8 @@ class Hypergradient(Solution):
             adjoint_ok = jnp.array(True)
         else:
             adjoint_ok = RESULTS.promote(adjoint_result) == RESULTS.successful
-        finite = tree_all_finite(grad) & jnp.isfinite(loss)
+        # NaN data make the inner solve non-finite: that is the hypergradient's failure too.
+        finite = tree_all_finite(grad) & jnp.isfinite(loss) & (inner.result != RESULTS.nonfinite)
         result = RESULTS.where(
             finite,
             RESULTS.where(

@@ -22,8 +22,8 @@ class AndersonSinkhorn(AbstractSinkhornAcceleration):
     **Arguments:**
 
     - `memory`: how many past iterates are combined (default 8).
-    - `regularisation`: Tikhonov term, relative to the largest residual norm² (default
-      `None`: 1e-10 in float64, 1e-4 in float32).
+    - `regularisation`: Tikhonov term on the Jacobi-scaled Gram matrix of the residuals
+      (default `None`: 1e-12 in float64, 1e-4 in float32).
 
     **Example:**
 
