@@ -125,7 +125,9 @@ def run_entry_point(
     check_float_tree(y0, "y0")
     check_tol(tol)
     check_tol(getattr(solver, "tol", None))
-    y0, args, tol = floats_to_arrays((y0, args, tol))
+    # Python floats (in the data, `tol`, and the solver's fields: learning rates, mixing, ...)
+    # become arrays: new values are new data, never a recompilation.
+    y0, args, tol, solver = floats_to_arrays((y0, args, tol, solver))
     return _run_jitted(
         problem_cls, solver, fn, y0, args, tol, max_steps, adjoint, throw, progress, name, check
     )

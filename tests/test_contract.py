@@ -7,6 +7,8 @@ raises; `throw=True` on the bad member, which raises; and new data of the same s
 compiles nothing.
 """
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -188,3 +190,80 @@ def test_unrolled_anderson_is_finite_when_residual_differences_vanish():
         for adjoint in (js.UnrollAdjoint(), js.ImplicitAdjoint())
     ]
     assert jnp.allclose(grads[0], 2.0) and jnp.allclose(grads[1], 2.0), grads
+
+
+class _CompileCounter(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record):
+        if "ompil" in record.getMessage():
+            self.count += 1
+
+
+def _compiles(fn):
+    """How many XLA compilations `fn()` triggers (JAX logs each one with log_compiles on)."""
+    counter = _CompileCounter()
+    logger = logging.getLogger("jax")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles(True):
+            jax.block_until_ready(fn())
+    finally:
+        logger.removeHandler(counter)
+    return counter.count
+
+
+def _quadratic(y, _):  # defined once: a new lambda per call is a new function, compiled anew
+    return jnp.sum((y - 1) ** 2)
+
+
+def _half_cos(y, _):
+    return 0.5 * jnp.cos(y)
+
+
+def _outer(th, y, _):
+    return jnp.sum(y**2)
+
+
+def _inner(th, y, _):
+    return jnp.sum((y - th) ** 2)
+
+
+_X, _Y = jnp.linspace(0, 1, 10).reshape(5, 2), jnp.linspace(1, 2, 8).reshape(4, 2)
+_A = 4 * jnp.eye(3) + 0.5
+HYPERPARAMETERS = {
+    "PointCloud epsilon": lambda h: js.ot.solve(js.ot.PointCloud(_X, _Y, epsilon=h)).f,
+    "Geometry epsilon": lambda h: js.ot.solve(js.ot.Geometry(_A, epsilon=h)).f,
+    "Sinkhorn tol": lambda h: (
+        js.ot.solve(js.ot.Geometry(_A, epsilon=0.5), solver=js.ot.Sinkhorn(tol=h * 1e-5)).f
+    ),
+    "SOR omega": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.SOR(omega=1 + h)).value,
+    "SSOR omega": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.SSOR(omega=1 + h)).value,
+    "CG tol": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.CG(tol=h * 1e-6)).value,
+    "learning rate": lambda h: (
+        js.minimise(_quadratic, jnp.zeros(2), solver=js.GradientDescent(h)).value
+    ),
+    "minimise tol": lambda h: js.minimise(_quadratic, jnp.zeros(2), tol=h * 1e-6).value,
+    "Anderson mixing": lambda h: (
+        js.fixed_point(_half_cos, jnp.zeros(2), solver=js.AndersonFixedPoint(mixing=h)).value
+    ),
+    "hypergradient inner_tol": lambda h: (
+        js.bilevel.hypergradient(
+            _outer,
+            _inner,
+            jnp.ones(2),
+            jnp.zeros(2),
+            inner_tol=h * 1e-6,
+        ).grad
+    ),
+    "QuadraticOT gamma": lambda h: js.ot.solve_smooth(_A, solver=js.ot.QuadraticOT(gamma=h)).f,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HYPERPARAMETERS))
+def test_new_python_float_hyperparameters_compile_nothing(name):
+    solve = HYPERPARAMETERS[name]
+    _compiles(lambda: solve(0.3))
+    assert _compiles(lambda: solve(0.5)) == 0, name

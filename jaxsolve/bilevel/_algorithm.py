@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from .._minimise import minimise
+from .._adjoint import ImplicitAdjoint
 from .._solution import RESULTS
-from ._problem import Problem
+from ._problem import Problem, solve_inner
 
 
 class AbstractBilevelAlgorithm(eqx.Module):
@@ -44,14 +44,8 @@ class AbstractBilevelAlgorithm(eqx.Module):
 def inner_minimise(problem, theta, y0, inner_args, solver, tol, max_steps):
     """Approximately minimise the inner objective at fixed (non-differentiated) `theta`."""
     theta = jax.lax.stop_gradient(theta)
-    return minimise(
-        lambda y, a: problem.inner_fn(a[0], y, a[1]),
-        y0,
-        (theta, inner_args),
-        solver=solver,
-        tol=tol,
-        max_steps=max_steps,
-        throw=False,
+    return solve_inner(
+        problem.inner_fn, theta, y0, inner_args, solver, tol, max_steps, ImplicitAdjoint()
     )
 
 

@@ -237,7 +237,7 @@ class Unrolled(AbstractEstimator):
     inner = lambda lam, y, _: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * lam * jnp.sum(y**2)
     outer = lambda lam, y, _: jnp.sum(y)
     hg = js.bilevel.hypergradient(outer, inner, 1.0, jnp.zeros(2),
-                                  estimator=js.bilevel.Unrolled(),
+                                  estimator=js.bilevel.Unrolled(), inner_tol=1e-10,
                                   inner_solver=js.GradientDescent(0.3), inner_max_steps=200)
     assert abs(hg.grad + 0.5) < 1e-6
     # exactly 3 gradient steps y <- y - 0.3 (2y - 1) from 0: y_3 = (1 - 0.4**3) / 2

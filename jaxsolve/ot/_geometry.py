@@ -46,6 +46,12 @@ def _check_epsilon(epsilon):
         raise ValueError(f"`epsilon` must be a scalar; got shape {jnp.shape(epsilon)}.")
 
 
+def _as_epsilon(epsilon, dtype):
+    if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
+        return jnp.asarray(epsilon, dtype)
+    return epsilon
+
+
 class AbstractGeometry(eqx.Module):
     """A cost between `n` source and `m` target points, with an entropic regularisation.
 
@@ -144,7 +150,8 @@ class Geometry(AbstractGeometry):
                 f"`relative_epsilon` must be one of {_RELATIVE}; got {relative_epsilon!r}."
             )
         self.cost = cost_matrix
-        self.epsilon_ = epsilon
+        # An array, not a Python float: a new epsilon is new data, never a recompilation.
+        self.epsilon_ = _as_epsilon(epsilon, cost_matrix.dtype)
         self.relative_epsilon = relative_epsilon
 
     @property
@@ -241,7 +248,7 @@ class PointCloud(AbstractGeometry):
         if batch_size is not None and relative_epsilon not in (None, "mean"):
             raise ValueError("With `batch_size`, `relative_epsilon` may only be None or 'mean'.")
         self.x, self.y = x, y
-        self.epsilon_ = epsilon
+        self.epsilon_ = _as_epsilon(epsilon, x.dtype)
         self.cost_fn = cost_fn
         self.batch_size = batch_size
         self.relative_epsilon = relative_epsilon

@@ -25,6 +25,7 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
+from .._checks import floats_to_arrays
 from .._minimise import LBFGS, minimise
 from .._solution import RESULTS, Solution
 
@@ -297,7 +298,8 @@ def solve_smooth(
         # CG to a tolerance the dtype can reach: past it, round-off breaks CG down.
         cg_tol = 1e-10 if cost.dtype == jnp.float64 else 1e-5
         adjoint = ImplicitAdjoint(lx.CG(rtol=cg_tol, atol=cg_tol))
-    return _solve_smooth(solver, cost, a, b, adjoint, throw)
+    # Python floats in the solver (gamma, tol) become arrays: new values never recompile.
+    return _solve_smooth(floats_to_arrays(solver), cost, a, b, adjoint, throw)
 
 
 @eqx.filter_jit
