@@ -10,6 +10,7 @@ a peer library, so it runs on a bare accelerator machine with only jaxsolve inst
 """
 
 import argparse
+import os
 import pathlib
 import platform
 import re
@@ -35,7 +36,8 @@ def describe() -> str:
     dev = jax.devices()[0]
     return (
         f"{len(jax.devices())} × {getattr(dev, 'device_kind', dev.platform)} "
-        f"({dev.platform}), host {platform.machine()}, jax {jax.__version__}, float32"
+        f"({dev.platform}), host {platform.machine()} with {os.cpu_count()} cores, "
+        f"jax {jax.__version__}, float32"
     )
 
 

@@ -67,15 +67,19 @@ def tree_size(tree: Any) -> int:
     return sum(int(jnp.size(x)) for x in jtu.tree_leaves(tree))
 
 
+def krylov_tolerances(y: Any) -> tuple[float, float]:
+    """`(rtol, atol)` of a matrix-free derivative solve that the dtype of `y` can reach
+    (float32 Hessian-vector products carry relative errors near 1e-6: 1e-4 is reachable)."""
+    return (1e-10, 1e-12) if jnp.finfo(float_dtype(y)).bits > 32 else (1e-4, 1e-6)
+
+
 def krylov_adjoint(y: Any, symmetric: bool) -> lx.AbstractLinearSolver:
     """The default linear solver of an implicit derivative: dense and direct for small `y`;
     matrix-free CG (symmetric positive definite Jacobians) or GMRES otherwise, with
     tolerances that the dtype of `y` can reach."""
     if tree_size(y) <= DENSE_ADJOINT_MAX_SIZE:
         return lx.AutoLinearSolver(well_posed=None)
-    f64 = jnp.finfo(float_dtype(y)).bits > 32
-    # float32 Hessian-vector products carry relative errors near 1e-6: 1e-4 is reachable.
-    rtol, atol = (1e-10, 1e-12) if f64 else (1e-4, 1e-6)
+    rtol, atol = krylov_tolerances(y)
     if symmetric:
         return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y))
     return lx.GMRES(rtol=rtol, atol=atol, restart=40, max_steps=10 * tree_size(y))

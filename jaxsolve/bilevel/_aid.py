@@ -30,7 +30,8 @@ class AID(AbstractBilevelAlgorithm):
     - `inner_solver`: a `js.minimise` solver (default `js.LBFGS()`).
     - `inner_tol`, `inner_max_steps`: per outer step (`inner_tol=None`: `js.minimise`'s
       default for the dtype).
-    - `linear_solver`: a lineax solver for the adjoint system (default `lx.CG(1e-8, 1e-8)`).
+    - `linear_solver`: a lineax solver for the adjoint system (default `None`: as
+      `js.bilevel.Implicit`, CG with tolerances the dtype can reach).
     - `warm_start_adjoint`: start the linear solver from the previous `v` (default `True`);
       with `False` from zero.
 
@@ -55,7 +56,7 @@ class AID(AbstractBilevelAlgorithm):
     inner_solver: AbstractMinimiser = LBFGS()
     inner_tol: float | Array | None = None
     inner_max_steps: int = eqx.field(static=True, default=200)
-    linear_solver: lx.AbstractLinearSolver = lx.CG(rtol=1e-8, atol=1e-8)
+    linear_solver: lx.AbstractLinearSolver | None = None
     warm_start_adjoint: bool = eqx.field(static=True, default=True)
 
     def init(self, problem, theta, y0, outer_args, inner_args):

@@ -19,7 +19,7 @@ from jaxtyping import Array, PyTree
 from .._adjoint import ImplicitAdjoint, ReportedSolver, UnrollAdjoint
 from .._minimise import AbstractMinimiser
 from .._neumann import Neumann
-from .._problem import HESSIAN_TAGS
+from .._problem import HESSIAN_TAGS, krylov_tolerances, tree_size
 from .._solution import RESULTS
 from ._problem import HypergradientProblem
 from ._solution import Hypergradient
@@ -88,7 +88,7 @@ class AbstractImplicitEstimator(AbstractEstimator):
     """An estimator by the implicit function theorem, in adjoint form: solve
     `(∇²_yy G) v = ∇_y F` with a linear solver (matrix-free: Hessian–vector products; Krylov
     solvers start from `adjoint0`), then `∇θF − (∂²G/∂θ∂y)ᵀ v`. Subclasses say which solver
-    by `get_linear_solver()`.
+    by `get_linear_solver(y)`.
 
     The linear solve is run quietly (`js.ReportedSolver`): its failure is the result
     `adjoint_not_converged`, never an exception, also under `jax.grad` of the hypergradient
@@ -96,14 +96,15 @@ class AbstractImplicitEstimator(AbstractEstimator):
     """
 
     @abc.abstractmethod
-    def get_linear_solver(self) -> lx.AbstractLinearSolver:
-        """The lineax solver of the adjoint system."""
+    def get_linear_solver(self, y) -> lx.AbstractLinearSolver:
+        """The lineax solver of the adjoint system at the inner point `y` (its dtype sets the
+        default tolerances)."""
 
     def check_adjoint0(self, adjoint0) -> None:
         pass
 
     def hypergradient(self, problem, theta, y0, adjoint0=None):
-        solver = ReportedSolver(self.get_linear_solver())
+        solver = ReportedSolver(self.get_linear_solver(y0))
         inner = problem.solve_inner(theta, y0, adjoint=ImplicitAdjoint(solver))
         y = inner.value
         loss, (g_theta, g_y) = jax.value_and_grad(problem.outer, argnums=(0, 1))(theta, y)
@@ -135,9 +136,10 @@ class Implicit(AbstractImplicitEstimator):
 
     **Arguments:**
 
-    - `linear_solver`: a lineax solver for the inner Hessian: `lx.CG(rtol, atol)` (default,
-      `rtol = atol = 1e-10`; the Hessian of a convex inner problem is symmetric positive
-      definite), `lx.GMRES(...)`, `lx.BiCGStab(...)`, `lx.Cholesky()`, `lx.LU()`, ...
+    - `linear_solver`: a lineax solver for the inner Hessian: `None` (default) is `lx.CG`
+      (the Hessian of a convex inner problem is symmetric positive definite) with tolerances
+      the dtype can reach (rtol 1e-10 in float64, 1e-4 in float32); or `lx.GMRES(...)`,
+      `lx.BiCGStab(...)`, `lx.Cholesky()`, `lx.LU()`, ...
 
     **Example:**
 
@@ -154,17 +156,22 @@ class Implicit(AbstractImplicitEstimator):
     ```
     """
 
-    linear_solver: lx.AbstractLinearSolver = lx.CG(rtol=1e-10, atol=1e-10)
+    linear_solver: lx.AbstractLinearSolver | None = None
 
     def __check_init__(self):
-        if not isinstance(self.linear_solver, lx.AbstractLinearSolver):
+        if self.linear_solver is not None and not isinstance(
+            self.linear_solver, lx.AbstractLinearSolver
+        ):
             raise TypeError(
                 "Implicit's `linear_solver` must be a lineax solver such as lx.CG(rtol=1e-8, "
                 f"atol=1e-8) or lx.GMRES(...); got {type(self.linear_solver).__name__}."
             )
 
-    def get_linear_solver(self):
-        return self.linear_solver
+    def get_linear_solver(self, y):
+        if self.linear_solver is not None:
+            return self.linear_solver
+        rtol, atol = krylov_tolerances(y)
+        return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y) + 100)
 
 
 class TruncatedNeumann(AbstractImplicitEstimator):
@@ -205,7 +212,7 @@ class TruncatedNeumann(AbstractImplicitEstimator):
         if isinstance(self.alpha, (int, float)) and not self.alpha > 0:
             raise ValueError(f"TruncatedNeumann `alpha` must be positive; got {self.alpha!r}.")
 
-    def get_linear_solver(self):
+    def get_linear_solver(self, y):
         return Neumann(steps=self.steps, alpha=self.alpha)
 
 

@@ -38,7 +38,7 @@ def test_sharded_sinkhorn_equals_single_device(batch_size):
     fn = _loss(batch_size)
     (cost1, (f1, g1, ok1)), grad1 = fn(x, y)
     assert ok1
-    for k in (2, 4, 8):
+    for k in (2, 8):
         mesh = _mesh(k)
         xs = jax.device_put(x, NamedSharding(mesh, P("d", None)))
         ys = jax.device_put(y, NamedSharding(mesh, P("d", None)))
