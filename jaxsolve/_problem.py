@@ -123,7 +123,22 @@ class MinimiseProblem(AbstractProblem):
         return default_tol(dtype, 1e-6, 1e-4)
 
 
-class RootProblem(AbstractProblem):
+class _AbstractMapProblem(AbstractProblem):
+    """Problems given by a map `fn(y, args)` of `y`'s structure (roots and fixed points): one
+    non-symmetric Jacobian, hence one default adjoint solver and one default tolerance."""
+
+    fn: eqx.AbstractVar[Callable[[PyTree[Array], Any], PyTree[Array]]]
+    args: eqx.AbstractVar[Any]
+
+    def adjoint_solver(self, y):
+        return krylov_adjoint(y, symmetric=False)
+
+    @staticmethod
+    def default_tol(dtype) -> float:
+        return default_tol(dtype, 1e-8, 1e-5)
+
+
+class RootProblem(_AbstractMapProblem):
     """`fn(y, args) = 0`, `fn` mapping `y` to a pytree of the same structure; optimality
     `fn(y, args)`. Error measure: `‖fn(y, args)‖₂`.
 
@@ -144,15 +159,8 @@ class RootProblem(AbstractProblem):
     def optimality(self, y):
         return self.fn(y, self.args)
 
-    def adjoint_solver(self, y):
-        return krylov_adjoint(y, symmetric=False)
 
-    @staticmethod
-    def default_tol(dtype) -> float:
-        return default_tol(dtype, 1e-8, 1e-5)
-
-
-class FixedPointProblem(AbstractProblem):
+class FixedPointProblem(_AbstractMapProblem):
     """`y = fn(y, args)`; optimality `y − fn(y, args)` (so the implicit derivative solves with
     `I − ∂fn/∂y`, and `js.Neumann(alpha=1)` is the series `Σ (∂fn/∂y)^k`). Error measure:
     `‖fn(y, args) − y‖₂`.
@@ -173,10 +181,3 @@ class FixedPointProblem(AbstractProblem):
 
     def optimality(self, y):
         return jtu.tree_map(jnp.subtract, y, self.fn(y, self.args))
-
-    def adjoint_solver(self, y):
-        return krylov_adjoint(y, symmetric=False)
-
-    @staticmethod
-    def default_tol(dtype) -> float:
-        return default_tol(dtype, 1e-8, 1e-5)
