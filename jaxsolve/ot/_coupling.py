@@ -234,11 +234,16 @@ def coupling(
         )
     if isinstance(epsilon, (int, float)) and not epsilon > 0:
         raise ValueError(f"`epsilon` must be positive; got {epsilon!r}.")
-    return _coupling(x0, x1, method, epsilon, key, return_indices, throw, return_result)
+    # One compilation serves every `throw`/`return_*` choice and every epsilon value.
+    paired, sigma, result = _coupling(x0, x1, method, jnp.asarray(epsilon), key)
+    if throw:
+        paired = result.error_if(paired, result != RESULTS.successful)
+    out = (x0, paired, sigma) if return_indices else (x0, paired)
+    return (*out, result) if return_result else out
 
 
 @eqx.filter_jit
-def _coupling(x0, x1, method, epsilon, key, return_indices, throw, return_result):
+def _coupling(x0, x1, method, epsilon, key):
     dtype = jnp.result_type(x0.dtype, x1.dtype, jnp.float32)
     a = jax.lax.stop_gradient(x0.reshape(x0.shape[0], -1).astype(dtype))
     b = jax.lax.stop_gradient(x1.reshape(x1.shape[0], -1).astype(dtype))
@@ -255,8 +260,4 @@ def _coupling(x0, x1, method, epsilon, key, return_indices, throw, return_result
             sigma = jax.random.categorical(key, logits, axis=1)
     finite = tree_all_finite((a, b))
     result = RESULTS.where(finite, result, RESULTS.nonfinite)
-    paired = x1[sigma]
-    if throw:
-        paired = result.error_if(paired, result != RESULTS.successful)
-    out = (x0, paired, sigma) if return_indices else (x0, paired)
-    return (*out, result) if return_result else out
+    return x1[sigma], sigma, result
