@@ -40,3 +40,7 @@ from ._smooth import (
 )
 from ._solve import solve as solve
 from ._sparse_newton import SparseNewton as SparseNewton
+from ._univariate import (
+    sliced_wasserstein as sliced_wasserstein,
+    wasserstein_1d as wasserstein_1d,
+)
