@@ -23,7 +23,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from ._checks import floats_to_arrays
-from ._iterate import LoopKind
+from ._iterate import LoopKind, tree_all_finite
 
 
 def _is_none(x):
@@ -56,6 +56,10 @@ def _implicit_impl_jvp(primals, tangents, *, fn_primal, fn_rewrite, tags, linear
     diff, static = eqx.partition(inputs, mask)
     t_diff = eqx.filter(t_inputs, mask, is_leaf=_is_none)
     _, rhs = jax.jvp(lambda d: fn_rewrite(root, eqx.combine(d, static)), (diff,), (t_diff,))
+    if isinstance(linear_solver, ReportedSolver):
+        linear_solver = ReportedSolver(
+            linear_solver.solver, linear_solver.quiet, tree_all_finite(root)
+        )
     t_root = lx.linear_solve(operator, rhs, linear_solver, throw=False).value
     t_root = jtu.tree_map(jnp.negative, t_root)
     return (root, residual), (t_root, t_residual)
@@ -111,6 +115,10 @@ class ReportedSolver(lx.AbstractLinearSolver):
 
     solver: lx.AbstractLinearSolver
     quiet: bool = eqx.field(static=True, default=True)
+    # Whether the solution being differentiated is finite. A NaN/inf solution (its solve already
+    # reports `nonfinite`) makes the Jacobian NaN, and lineax raises on the NaN output of a
+    # derivative solve whatever it is told: when quiet, such a solve returns zeros instead.
+    root_finite: Array | bool = True
 
     def init(self, operator, options):
         return self.solver.init(operator, options)
@@ -119,7 +127,10 @@ class ReportedSolver(lx.AbstractLinearSolver):
         value, result, stats = self.solver.compute(state, vector, options)
         # A solver that reports a more precise code itself (jaxsolve's linear solvers) keeps it.
         stats = {"result": result, **stats}
-        return value, (lx.RESULTS.successful if self.quiet else result), stats
+        if not self.quiet:
+            return value, result, stats
+        value = jtu.tree_map(lambda v: jnp.where(self.root_finite, v, 0), value)
+        return value, lx.RESULTS.successful, stats
 
     def transpose(self, state, options):
         return self.solver.transpose(state, options)

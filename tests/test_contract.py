@@ -74,6 +74,17 @@ def _ot(solver):
     return solve
 
 
+def _barycenter(solver):
+    def solve(data, throw):
+        A, b = data
+        t = jnp.arange(N, dtype=b.dtype) / N
+        measures = jax.nn.softmax(jnp.stack([b, A[0]]), axis=1)
+        C = (t[:, None] - t[None, :]) ** 2
+        return js.ot.barycenter(C, measures, epsilon=0.1, solver=solver, throw=throw)
+
+    return solve
+
+
 def _hypergradient(estimator, **kw):
     def solve(data, throw):
         A, b = data
@@ -113,6 +124,7 @@ CASES = {  # built lazily, so that one family's construction error fails only it
     "linear-SOR": lambda: _linear(js.linear.SOR(omega=1.2)),
     "ot-Sinkhorn": lambda: _ot(js.ot.Sinkhorn()),
     "ot-SparseNewton": lambda: _ot(js.ot.SparseNewton(tol=1e-5 if F32 else 1e-8)),
+    "ot-IterativeBregman": lambda: _barycenter(js.ot.IterativeBregman()),
     "bilevel-Implicit": lambda: _hypergradient(js.bilevel.Implicit()),
     "bilevel-Unrolled": lambda: _hypergradient(
         # "bounded": differentiable again (a checkpointed loop's reverse pass is not)

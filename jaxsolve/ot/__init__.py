@@ -13,6 +13,12 @@ To add a Sinkhorn acceleration, subclass `AbstractSinkhornAcceleration`.
 
 from ._acceleration import AbstractSinkhornAcceleration as AbstractSinkhornAcceleration
 from ._anderson import AndersonSinkhorn as AndersonSinkhorn
+from ._barycenter import (
+    BarycenterProblem as BarycenterProblem,
+    BarycenterSolution as BarycenterSolution,
+    IterativeBregman as IterativeBregman,
+    barycenter as barycenter,
+)
 from ._base import AbstractOTSolver as AbstractOTSolver
 from ._costs import (
     AbstractCost as AbstractCost,
