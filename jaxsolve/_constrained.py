@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Scalar
 
 from ._checks import check_same_structure
-from ._iterate import converged_by, tree_norm
+from ._iterate import converged_by, tree_all_finite, tree_norm
 from ._linesearch import backtracking
 from ._minimise import AbstractMinimiser
 from ._problem import MinimiseProblem, default_tol, krylov_adjoint
@@ -226,6 +226,11 @@ class AbstractConstrainedMinimiser(AbstractMinimiser):
         return state.x, {}
 
 
+def _finite_or_nan(err, f, g):
+    # A NaN objective or gradient is a nonfinite error even where the prox would hide it.
+    return jnp.where(jnp.isfinite(f) & tree_all_finite(g), err, jnp.nan)
+
+
 def _tree_vdot(a, b):
     return sum(jnp.sum(x * y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b)))
 
@@ -277,7 +282,7 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
             eta = jnp.where((curv > 0) & jnp.isfinite(curv), 1.0 / curv, 1.0)
         else:
             eta = jnp.asarray(self.stepsize)
-        err = tree_norm(problem.residual(y, gx))
+        err = _finite_or_nan(tree_norm(problem.residual(y, gx)), fx, gx)
         return _ProxState(
             x=y,
             fx=fx,
@@ -343,7 +348,7 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
         xn, fxn, gxn, zn, fzn, gzn, restarted = out
         if self.acceleration:
             t_next = jnp.where(restarted, jnp.ones_like(t_next), t_next)
-        err = tree_norm(problem.residual(xn, gxn))
+        err = _finite_or_nan(tree_norm(problem.residual(xn, gxn)), fxn, gxn)
         new = _ProxState(
             x=xn,
             fx=fxn,
@@ -547,7 +552,7 @@ class LBFGSB(AbstractConstrainedMinimiser):
         x = jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
         f, g = vg(x)
         n, m = x.size, self.memory_size
-        err = jnp.linalg.norm(x - jnp.clip(x - g, lo, hi))
+        err = _finite_or_nan(jnp.linalg.norm(x - jnp.clip(x - g, lo, hi)), f, g)
         gnorm = jnp.linalg.norm(g)
         return _LBFGSBState(
             x=x,
@@ -625,7 +630,7 @@ class LBFGSB(AbstractConstrainedMinimiser):
         y_new = jnp.where(ok, y_new, 0.0)
         gnorm = jnp.linalg.norm(g)
         gamma_new = jnp.where(ok, gamma_new, 1 / jnp.where(gnorm > 0, gnorm, 1.0))
-        err = jnp.linalg.norm(x_out - proj(x_out - g_out))
+        err = _finite_or_nan(jnp.linalg.norm(x_out - proj(x_out - g_out)), f_out, g_out)
         new = _LBFGSBState(
             x=x_out,
             f=f_out,

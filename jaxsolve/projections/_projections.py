@@ -68,7 +68,7 @@ def nonnegative(x: PyTree[Array], hyperparams: Any = None) -> PyTree[Array]:
     ```
     """
     del hyperparams
-    return jtu.tree_map(lambda v: jnp.where(v > 0, v, jnp.zeros_like(v)), x)
+    return jtu.tree_map(lambda v: jnp.where(v < 0, jnp.zeros_like(v), v), x)  # NaN propagates
 
 
 def box(x: PyTree[Array], hyperparams: tuple[Any, Any]) -> PyTree[Array]:
@@ -140,7 +140,8 @@ def simplex(x: Array, scale: ArrayLike = 1.0) -> Array:
     rho = jnp.sum(u - cssv / ind > 0) - 1
     rho = jnp.maximum(rho, 0)
     theta = cssv[rho] / (rho + 1).astype(x.dtype)
-    return jnp.where(flat > theta, flat - theta, 0.0).astype(x.dtype).reshape(x.shape)
+    out = jnp.where(flat <= theta, 0.0, flat - theta)  # NaN propagates
+    return out.astype(x.dtype).reshape(x.shape)
 
 
 def l1_ball(x: Array, radius: ArrayLike = 1.0) -> Array:
@@ -191,7 +192,7 @@ def l2_ball(x: PyTree[Array], radius: ArrayLike = 1.0) -> PyTree[Array]:
     ```
     """
     norm = _tree_norm(x)
-    outside = norm > radius
+    outside = ~(norm <= radius)  # NaN propagates
     # The safe norm keeps the derivative finite at x = 0 (where the projection is x).
     factor = jnp.where(outside, radius / jnp.where(outside, norm, 1.0), 1.0)
     return jtu.tree_map(lambda v: (v * factor.astype(v.dtype)).astype(v.dtype), x)

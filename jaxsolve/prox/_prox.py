@@ -19,7 +19,8 @@ from ..projections._projections import _broadcast_tree, _like, _tree_norm
 
 
 def _soft(v: Array, t: Array) -> Array:
-    return jnp.where(v > t, v - t, jnp.where(v < -t, v + t, jnp.zeros_like(v)))
+    # NaN propagates (a NaN input is never thresholded to a clean 0).
+    return jnp.where(jnp.abs(v) <= t, jnp.zeros_like(v), v - jnp.where(v > 0, t, -t))
 
 
 def l1(x: PyTree[Array], l1reg: Any = 1.0, step: ArrayLike = 1.0) -> PyTree[Array]:
@@ -64,7 +65,7 @@ def nonnegative_l1(x: PyTree[Array], l1reg: Any = 1.0, step: ArrayLike = 1.0) ->
 
     def one(v, lm):
         t = _like(lm, v) * _like(step, v)
-        return jnp.where(v > t, v - t, jnp.zeros_like(v))
+        return jnp.where(v <= t, jnp.zeros_like(v), v - t)  # NaN propagates
 
     return jtu.tree_map(one, x, lam)
 
@@ -130,7 +131,7 @@ def group_l2(x: PyTree[Array], l2reg: ArrayLike = 1.0, step: ArrayLike = 1.0) ->
     """
     norm = _tree_norm(x)
     t = jnp.asarray(l2reg) * jnp.asarray(step)
-    keep = norm > t
+    keep = ~(norm <= t)  # NaN propagates
     factor = jnp.where(keep, 1 - t / jnp.where(keep, norm, 1.0), 0.0)
     return jtu.tree_map(lambda v: (v * factor.astype(v.dtype)).astype(v.dtype), x)
 
