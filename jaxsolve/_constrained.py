@@ -226,6 +226,15 @@ class AbstractConstrainedMinimiser(AbstractMinimiser):
         return state.x, {}
 
 
+def _constrained(problem, solver) -> ConstrainedMinimiseProblem:
+    if not isinstance(problem, ConstrainedMinimiseProblem):
+        raise TypeError(
+            f"{type(solver).__name__} solves a js.ConstrainedMinimiseProblem (js.minimise builds "
+            f"one from the solver's projection/prox or `bounds`); got {type(problem).__name__}."
+        )
+    return problem
+
+
 def _finite_or_nan(err, f, g):
     # A NaN objective or gradient is a nonfinite error even where the prox would hide it.
     return jnp.where(jnp.isfinite(f) & tree_all_finite(g), err, jnp.nan)
@@ -269,6 +278,7 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
         return (f[0], jtu.tree_map(lambda v: v[0], g)), (f[1], jtu.tree_map(lambda v: v[1], g))
 
     def init(self, problem, y, options):
+        problem = _constrained(problem, self)
         fx, gx = problem.value_and_grad(y)
         dtype = jtu.tree_leaves(y)[0].dtype
         if self.stepsize is None:
@@ -297,6 +307,7 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
         )
 
     def step(self, problem, y, state):
+        problem = _constrained(problem, self)
         z, fz, gz, x = state.z, state.fz, state.gz, state.x
         eps = jnp.finfo(state.fz.dtype).eps
         # Below this relative change of f, rounding dominates f's differences: the test then
@@ -541,6 +552,9 @@ class LBFGSB(AbstractConstrainedMinimiser):
             )
 
     def _flat(self, problem, y):
+        problem = _constrained(problem, self)
+        if problem.bounds is None:
+            raise TypeError("LBFGSB needs a problem with `bounds` (js.minimise(..., bounds=...)).")
         x, unravel = ravel_pytree(y)
         lo, _ = ravel_pytree(problem.bounds[0])
         hi, _ = ravel_pytree(problem.bounds[1])
