@@ -270,13 +270,6 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
     restart: eqx.AbstractVar[bool]
     max_backtracks: eqx.AbstractVar[int]
 
-    def _value_and_grad_pair(self, problem, a, b):
-        # Both points in one batched evaluation: a matrix-vector product becomes a product
-        # with two columns, which costs about one pass over the data.
-        stacked = jtu.tree_map(lambda u, v: jnp.stack([u, v]), a, b)
-        f, g = jax.vmap(problem.value_and_grad)(stacked)
-        return (f[0], jtu.tree_map(lambda v: v[0], g)), (f[1], jtu.tree_map(lambda v: v[1], g))
-
     def init(self, problem, y, options):
         problem = _constrained(problem, self)
         fx, gx = problem.value_and_grad(y)
@@ -321,21 +314,8 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
 
         def trial(eta):
             xn = problem.prox_step(_axpy(-eta, gz, z), eta)
-            if beta_next is None:
-                fxn, gxn = problem.value_and_grad(xn)
-                return xn, fxn, gxn, xn, fxn, gxn, jnp.array(False)
-            step_x = jtu.tree_map(jnp.subtract, xn, x)
-            # Gradient restart: the step xn − x points against the gradient mapping z − xn.
-            bad = jnp.array(False)
-            if self.restart:
-                bad = _tree_vdot(jtu.tree_map(jnp.subtract, z, xn), step_x) > 0
-            beta = jnp.where(bad, 0.0, beta_next)
-            zn = _axpy(beta, step_x, xn)
-            # The next point's value and gradient in the same batched evaluation: a
-            # matrix-vector product becomes a product with two columns (about one pass over
-            # the data), and the test below gets the gradient at xn.
-            (fxn, gxn), (fzn, gzn) = self._value_and_grad_pair(problem, xn, zn)
-            return xn, fxn, gxn, zn, fzn, gzn, bad
+            fxn, gxn = problem.value_and_grad(xn)  # the gradient: for the test and the error
+            return xn, fxn, gxn
 
         def accept(eta, out):
             xn, fxn, gxn = out[:3]
@@ -356,9 +336,22 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
             eta = state.stepsize
             out = trial(eta)
             ok, streak = jnp.array(True), state.streak
-        xn, fxn, gxn, zn, fzn, gzn, restarted = out
-        if self.acceleration:
-            t_next = jnp.where(restarted, jnp.ones_like(t_next), t_next)
+        xn, fxn, gxn = out
+        if beta_next is None:
+            zn, fzn, gzn = xn, fxn, gxn
+        else:
+            step_x = jtu.tree_map(jnp.subtract, xn, x)
+            beta = beta_next
+            if self.restart:
+                # Gradient restart: the step xn − x points against the gradient mapping z − xn.
+                bad = _tree_vdot(jtu.tree_map(jnp.subtract, z, xn), step_x) > 0
+                beta = jnp.where(bad, 0.0, beta)
+                t_next = jnp.where(bad, jnp.ones_like(t_next), t_next)
+            zn = _axpy(beta, step_x, xn)
+            if self.restart:  # after a restart zn = xn, whose value and gradient are known
+                fzn, gzn = jax.lax.cond(bad, lambda: (fxn, gxn), lambda: problem.value_and_grad(zn))
+            else:
+                fzn, gzn = problem.value_and_grad(zn)
         err = _finite_or_nan(tree_norm(problem.residual(xn, gxn)), fxn, gxn)
         new = _ProxState(
             x=xn,
