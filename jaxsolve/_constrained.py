@@ -395,7 +395,9 @@ class ProjectedGradient(_AbstractProxGradient):
     - `projection`: `(y, args) -> y`, the Euclidean projection onto the feasible set: one of
       `js.projections` (e.g. `js.projections.nonnegative`), or a function that picks its
       hyperparameters out of the objective's `args`.
-    - `stepsize`: `None` (default: backtracking) or a fixed step `η ≤ 1/L`.
+    - `stepsize`: `None` (default: backtracking) or a fixed step `η ≤ 1/L`. With
+      `js.UnrollAdjoint()` pass a fixed step: the backtracking loop is a `lax.while_loop`,
+      which reverse mode cannot differentiate.
     - `acceleration`: FISTA momentum (default `True`); `restart`: adaptive restart.
     - `max_backtracks`: the most halvings per step (then `line_search_failed`).
 

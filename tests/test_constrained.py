@@ -443,6 +443,23 @@ def test_bounded_rosenbrock_pytree_vs_scipy_lbfgsb():
     assert int(sol.stats["num_steps"]) <= 3 * r.nit
 
 
+def test_implicit_matches_unrolled():
+    if F32:
+        pytest.skip("float64 only")
+    L = float(jnp.linalg.eigvalsh(A.T @ A)[-1])
+    solver = js.ProjectedGradient(nonneg, stepsize=1 / L)  # unrolling needs a fixed step
+
+    def loss(b, adjoint):
+        sol = js.minimise(
+            lsq, jnp.zeros(8, DT), (A, b), solver=solver, tol=1e-10, max_steps=400, adjoint=adjoint
+        )
+        return sol.value.sum()
+
+    g_imp = jax.grad(loss)(B, js.ImplicitAdjoint())
+    g_unr = jax.grad(loss)(B, js.UnrollAdjoint())
+    np.testing.assert_allclose(g_imp, g_unr, atol=1e-8)
+
+
 def test_static_misuse_raises_at_trace_time():
     y0 = jnp.zeros(8, DT)
     with pytest.raises(ValueError, match="same structure and shapes"):
