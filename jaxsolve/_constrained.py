@@ -31,18 +31,10 @@ from ._linesearch import backtracking
 from ._minimise import AbstractMinimiser
 from ._problem import MinimiseProblem, default_tol, krylov_adjoint
 from ._solution import RESULTS
+from .projections._projections import _clip, box
 
 # ---------------------------------------------------------------------------------------------
 # The problem
-
-
-def _clip_tree(z, lower, upper):
-    # `where`, not `clip`: at a tie, `clip`'s derivative would split between z and the bound.
-    def one(v, lo, hi):
-        v = jnp.where(v < lo, lo.astype(v.dtype), v)
-        return jnp.where(v > hi, hi.astype(v.dtype), v)
-
-    return jtu.tree_map(one, z, lower, upper)
 
 
 class ConstrainedMinimiseProblem(MinimiseProblem):
@@ -83,7 +75,7 @@ class ConstrainedMinimiseProblem(MinimiseProblem):
     def prox_step(self, z, step):
         """The prox of `step · g` at `z` (the box projection when the problem has bounds)."""
         if self.bounds is not None:
-            return _clip_tree(z, *self.bounds)
+            return box(z, self.bounds)
         if self.prox is None:
             return z
         return self.prox(z, self.args, step)
@@ -558,10 +550,10 @@ class LBFGSB(AbstractConstrainedMinimiser):
 
     def init(self, problem, y, options):
         x, _, lo, hi, vg = self._flat(problem, y)
-        x = jnp.where(x < lo, lo, jnp.where(x > hi, hi, x))
+        x = _clip(x, lo, hi)
         f, g = vg(x)
         n, m = x.size, self.memory_size
-        err = _finite_or_nan(jnp.linalg.norm(x - jnp.clip(x - g, lo, hi)), f, g)
+        err = _finite_or_nan(jnp.linalg.norm(x - _clip(x - g, lo, hi)), f, g)
         gnorm = jnp.linalg.norm(g)
         return _LBFGSBState(
             x=x,
@@ -580,7 +572,7 @@ class LBFGSB(AbstractConstrainedMinimiser):
         x, f, g = state.x, state.f, state.g
         dtype = x.dtype
         tiny = jnp.finfo(dtype).eps
-        proj = lambda v: jnp.where(v < lo, lo, jnp.where(v > hi, hi, v))
+        proj = lambda v: _clip(v, lo, hi)
         eps_act = jnp.minimum(1e-3, state.error)
         active = ((x <= lo + eps_act) & (g > 0)) | ((x >= hi - eps_act) & (g < 0))
         free = (~active).astype(dtype)
