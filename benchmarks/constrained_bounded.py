@@ -20,6 +20,13 @@ is one jitted solve).
 Run: python benchmarks/constrained_bounded.py [--small]
 """
 
+import os
+
+# SciPy's L-BFGS-B and nnls call BLAS on tiny vectors: a multi-threaded OpenBLAS spinning
+# against JAX's threads on a loaded 2-core machine made each call 5-10x slower. One thread is
+# SciPy's best setting here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import sys
 import time
 

@@ -15,6 +15,13 @@ call; also `lsq_linear(method='bvls')`). Everything jitted, float64, data passed
 Run: python benchmarks/constrained_nnls.py [--small]
 """
 
+import os
+
+# SciPy's L-BFGS-B and nnls call BLAS on tiny vectors: a multi-threaded OpenBLAS spinning
+# against JAX's threads on a loaded 2-core machine made each call 5-10x slower. One thread is
+# SciPy's best setting here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import sys
 
 import jax

@@ -443,6 +443,7 @@ def test_bounded_rosenbrock_pytree_vs_scipy_lbfgsb():
     assert int(sol.stats["num_steps"]) <= 3 * r.nit
 
 
+@pytest.mark.slow  # the checkpointed unrolled loop compiles for tens of seconds
 def test_implicit_matches_unrolled():
     if F32:
         pytest.skip("float64 only")
