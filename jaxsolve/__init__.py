@@ -1,12 +1,25 @@
 """jaxsolve: differentiable solvers in JAX."""
 
-from . import bilevel as bilevel, linear as linear, ot as ot
+from . import (
+    bilevel as bilevel,
+    linear as linear,
+    ot as ot,
+    projections as projections,
+    prox as prox,
+)
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
     UnrollAdjoint as UnrollAdjoint,
     custom_fixed_point as custom_fixed_point,
     custom_root as custom_root,
+)
+from ._constrained import (
+    LBFGSB as LBFGSB,
+    AbstractConstrainedMinimiser as AbstractConstrainedMinimiser,
+    ConstrainedMinimiseProblem as ConstrainedMinimiseProblem,
+    ProjectedGradient as ProjectedGradient,
+    ProximalGradient as ProximalGradient,
 )
 from ._iterate import (
     AbstractIterativeSolver as AbstractIterativeSolver,

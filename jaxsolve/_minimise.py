@@ -39,6 +39,16 @@ class AbstractMinimiser(AbstractIterativeSolver[MinimiseProblem, PyTree[Array], 
     def error(self, problem, y, state) -> Scalar:
         return tree_norm(state.grad)
 
+    def problem_builder(self, y0: Any, bounds: Any) -> Any:
+        """What `minimise` builds its problem with, `(fn, args) -> problem` (a class, or a
+        hashable module holding the solver's constraint); it also gives `default_tol(dtype)`."""
+        if bounds is not None:
+            raise TypeError(
+                f"{type(self).__name__} does not take `bounds`; use js.LBFGSB() for box bounds, "
+                "or js.ProjectedGradient(projection) for other constraints."
+            )
+        return MinimiseProblem
+
     def terminate(self, problem, y, state):
         return converged_by(self.error(problem, y, state), self.tol)
 
@@ -197,6 +207,7 @@ def minimise(
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     throw: bool = True,
     progress: bool | Callable = False,
+    bounds: tuple[Any, Any] | None = None,
 ) -> Solution:
     """Minimise `fn(y, args)` over `y`, differentiably with respect to `args`.
 
@@ -210,10 +221,14 @@ def minimise(
     - `fn`: `(y, args) -> scalar`, smooth in `y`.
     - `y0`: the starting point, a pytree of floating-point arrays.
     - `args`: anything `fn` depends on (the hyperparameters, the data).
-    - `solver`: `js.LBFGS()` (default), `js.GradientDescent(lr)`, `js.OptaxMinimiser(optax...)`.
-    - `tol`: absolute tolerance on the Euclidean norm of the gradient `‖∇_y fn‖₂`; `None`
-      (default) takes the solver's `tol`, else the family default (1e-6 in float64, 1e-4 in
-      float32).
+    - `solver`: `js.LBFGS()` (default), `js.GradientDescent(lr)`, `js.OptaxMinimiser(optax...)`;
+      for constrained and composite problems `js.ProjectedGradient(projection)`,
+      `js.ProximalGradient(prox)` (then `fn` is the smooth part) or `js.LBFGSB()` (with
+      `bounds`).
+    - `tol`: absolute tolerance on the Euclidean norm of the gradient `‖∇_y fn‖₂`; for the
+      constrained solvers on the fixed-point residual `‖y − prox(y − ∇_y fn, 1)‖₂` (the
+      projected gradient; the gradient norm in the interior). `None` (default) takes the
+      solver's `tol`, else the family default (1e-6 in float64, 1e-4 in float32).
     - `max_steps`: the most solver steps.
     - `adjoint`: `js.ImplicitAdjoint(linear_solver=...)` (default) or `js.UnrollAdjoint()`. The
       Hessian is tagged symmetric positive semidefinite; the default linear solver is dense up
@@ -222,8 +237,11 @@ def minimise(
       `lx.GMRES(...)` or a dense solver.
     - `throw`: raise if the solve fails; with `False` read `sol.result` (use under `vmap`).
     - `progress`: `True` for a progress bar on stderr, or a callback `fn(step, error)`.
+    - `bounds`: `(lower, upper)` for `js.LBFGSB()`: pytrees of `y0`'s structure, or scalars,
+      or `None` for a side without bounds; `±inf` leaves a coordinate free. Differentiable.
 
-    **Returns:** a `js.Solution`; `stats` has `num_steps` and `error` (the final gradient norm).
+    **Returns:** a `js.Solution`; `stats` has `num_steps` and `error` (the final gradient norm,
+    or residual).
 
     **Example:**
 
@@ -245,7 +263,7 @@ def minimise(
             f"js.GradientDescent(...) or js.OptaxMinimiser(optax...); got {type(solver).__name__}."
         )
     return run_entry_point(
-        MinimiseProblem,
+        solver.problem_builder(y0, bounds),
         solver,
         fn,
         y0,
