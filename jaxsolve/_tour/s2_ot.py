@@ -36,8 +36,8 @@ def run():
     rows, fns = [], {}
     for name, solver in solvers.items():
         fns[name] = fn = solve(solver)
-        (cost, steps, err), seconds = timed(fn, x)
-        rows.append([name, int(steps), float(err), float(cost), f"{seconds * 1e3:.0f} ms"])
+        (value, steps, err), seconds = timed(fn, x)
+        rows.append([name, int(steps), float(err), float(value), f"{seconds * 1e3:.0f} ms"])
     print(f"n = {n}, m = {m} points, epsilon = {eps}, float32: tol 1e-4 on the L1 marginal error")
     table(rows, ["solver", "sweeps", "marginal error", "reg_cost", "time"])
 
