@@ -53,7 +53,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
             [sys.executable, __file__, str(path)],
             capture_output=True,
             text=True,
-            timeout=280,
+            timeout=600,  # ~25 s on an idle 2-core machine; generous for a loaded one
             env=env,
             cwd=tmp_path,
         )

@@ -99,7 +99,8 @@ def run():
         ],
         ["policy", "SOR iterations"],
     )
-    print(f"bandit's favourite omega now: {float(jax.jit(bandit.greedy)(state)):.2f}")
+    favourite = jax.jit(lambda state: bandit.greedy(state))(state)
+    print(f"bandit's favourite omega now: {float(favourite):.2f}")
 
     # Krylov recycling: RecycledCG over a sequence with a fixed source, warm-started.
     rcg = js.linear.RecycledCG(tol=tol, recycle=8, refresh=4, harvest=24)
