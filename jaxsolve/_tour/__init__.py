@@ -1,9 +1,12 @@
 """Sections of the tour (`python -m jaxsolve`). Each module `sN_name.py` has a docstring whose
-first line is the section title and a `run()` that prints what it shows."""
+first line is the section title and a `run()` that prints what it shows.
+
+The tour runs in float32, JAX's default and the dtype users train in. A section that needs
+float64 says why and enables it for itself only (`with jax.enable_x64(True):`)."""
+
+import time
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
 
 
 def table(rows: list[list], header: list[str]) -> None:
@@ -15,3 +18,12 @@ def table(rows: list[list], header: list[str]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells[1:]:
         print(line(r))
+
+
+def timed(fn, *args):
+    """`(fn(*args), seconds)` for a `jax.jit`-ed `fn`: compiled ahead of time (nothing is run
+    twice), then one call timed."""
+    compiled = fn.lower(*args).compile()
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, time.perf_counter() - start
