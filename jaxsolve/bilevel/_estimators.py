@@ -19,7 +19,7 @@ from jaxtyping import Array, PyTree
 from .._adjoint import ImplicitAdjoint, ReportedSolver, UnrollAdjoint
 from .._minimise import AbstractMinimiser
 from .._neumann import Neumann
-from .._problem import HESSIAN_TAGS, krylov_tolerances, tree_size
+from .._problem import HESSIAN_TAGS, adjoint_cg
 from .._solution import RESULTS
 from ._problem import HypergradientProblem
 from ._solution import Hypergradient
@@ -170,8 +170,7 @@ class Implicit(AbstractImplicitEstimator):
     def get_linear_solver(self, y):
         if self.linear_solver is not None:
             return self.linear_solver
-        rtol, atol = krylov_tolerances(y)
-        return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y) + 100)
+        return adjoint_cg(y)
 
 
 class TruncatedNeumann(AbstractImplicitEstimator):
