@@ -101,4 +101,3 @@ def for_vectors_like(y: Any, solver: lx.AbstractLinearSolver) -> lx.AbstractLine
     """`solver` for vectors shaped like `y`: itself for one array, `Raveled(solver)` for a
     pytree of arrays."""
     return solver if is_single_array(y) else Raveled(solver)
-

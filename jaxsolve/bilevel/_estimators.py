@@ -136,9 +136,12 @@ class Implicit(AbstractImplicitEstimator):
 
     **Arguments:**
 
-    - `linear_solver`: a lineax solver for the inner Hessian: `None` (default) is `lx.CG`
-      (the Hessian of a convex inner problem is symmetric positive definite) with tolerances
-      the dtype can reach (rtol 1e-10 in float64, 1e-4 in float32); or `lx.GMRES(...)`,
+    - `linear_solver`: a lineax solver for the inner Hessian: `None` (default) is
+      jaxsolve's CG, `js.linear.CG` (the Hessian of a convex inner problem is symmetric
+      positive definite; on the flattened vector for pytree unknowns such as an equinox
+      model's weights), with a relative residual the dtype can reach (1e-10 in float64,
+      1e-4 in float32) and at most 1000 Hessian-vector products; negative curvature stops
+      it as `not_positive_definite`, reported as `adjoint_not_converged`. Or `lx.GMRES(...)`,
       `lx.BiCGStab(...)`, `lx.Cholesky()`, `lx.LU()`, ...
 
     **Example:**
