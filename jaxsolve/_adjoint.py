@@ -177,7 +177,7 @@ class ImplicitAdjoint(AbstractAdjoint):
       `js.Neumann(steps, alpha)`, or jaxsolve's own `js.linear` solvers. `None` (default)
       lets each problem family choose (its problem's `adjoint_solver`): for `minimise`,
       `root_find` and `fixed_point` a dense direct solve up to 256 unknowns, and above that
-      matrix-free `lx.CG` on the Hessian (`minimise`) or `lx.GMRES` (the others), with
+      matrix-free `js.linear.CG` on the Hessian (`minimise`) or `lx.GMRES` (the others), with
       tolerances float32 can reach; matrix-free CG for optimal transport. With
       `throw=False` in the entry point, a derivative solve that fails returns its last
       iterate instead of raising.

@@ -232,7 +232,7 @@ def minimise(
     - `max_steps`: the most solver steps.
     - `adjoint`: `js.ImplicitAdjoint(linear_solver=...)` (default) or `js.UnrollAdjoint()`. The
       Hessian is tagged symmetric positive semidefinite; the default linear solver is dense up
-      to 256 unknowns and matrix-free `lx.CG` (Hessian-vector products) above, so the
+      to 256 unknowns and matrix-free `js.linear.CG` (Hessian-vector products) above, so the
       derivative scales to a network's weights. At a saddle point (an indefinite Hessian) pass
       `lx.GMRES(...)` or a dense solver.
     - `throw`: raise if the solve fails; with `False` read `sol.result` (use under `vmap`).

@@ -73,15 +73,36 @@ def krylov_tolerances(y: Any) -> tuple[float, float]:
     return (1e-10, 1e-12) if jnp.finfo(float_dtype(y)).bits > 32 else (1e-4, 1e-6)
 
 
+def adjoint_cg(y: Any) -> lx.AbstractLinearSolver:
+    """The matrix-free solver of a symmetric positive definite derivative system (the Hessian
+    of `minimise`, the adjoint system of `js.bilevel.Implicit`) for unknowns shaped like `y`:
+    jaxsolve's CG (`js.linear.CG`: relative residual `‖b − Hv‖₂/‖b‖₂ ≤ 1e-10` in float64,
+    1e-4 in float32, at most `ADJOINT_CG_MAX_STEPS` Hessian-vector products), on the
+    flattened vector when `y` is a pytree. lineax's `lx.CG` is not used: its breakdown test
+    (`|pᵀHp| ≤ 100·eps·size·‖r‖²` gives NaN) fails in float32 on any Hessian with eigenvalues
+    below `1.2e-5·size` (1.2 at 10⁵ unknowns), and its elementwise stopping rule is out of
+    float32's reach on a network's weights."""
+    from ._raveled import for_vectors_like
+    from .linear import CG  # lazily: jaxsolve.linear builds on this module
+
+    tol = default_tol(float_dtype(y), 1e-10, 1e-4)
+    return for_vectors_like(y, CG(tol=tol, max_steps=ADJOINT_CG_MAX_STEPS))
+
+
+# The most Hessian-vector products of a default adjoint CG solve: a convex inner problem whose
+# CG needs more is too ill-conditioned for its implicit derivative to mean much in float32.
+ADJOINT_CG_MAX_STEPS = 1000
+
+
 def krylov_adjoint(y: Any, symmetric: bool) -> lx.AbstractLinearSolver:
     """The default linear solver of an implicit derivative: dense and direct for small `y`;
-    matrix-free CG (symmetric positive definite Jacobians) or GMRES otherwise, with
-    tolerances that the dtype of `y` can reach."""
+    matrix-free CG (symmetric positive definite Jacobians, `adjoint_cg`) or GMRES otherwise,
+    with tolerances that the dtype of `y` can reach."""
     if tree_size(y) <= DENSE_ADJOINT_MAX_SIZE:
         return lx.AutoLinearSolver(well_posed=None)
-    rtol, atol = krylov_tolerances(y)
     if symmetric:
-        return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y))
+        return adjoint_cg(y)
+    rtol, atol = krylov_tolerances(y)
     return lx.GMRES(rtol=rtol, atol=atol, restart=40, max_steps=10 * tree_size(y))
 
 

@@ -28,8 +28,8 @@ class AID(AbstractBilevelAlgorithm):
     **Arguments:**
 
     - `inner_solver`: a `js.minimise` solver (default `js.LBFGS()`).
-    - `inner_tol`, `inner_max_steps`: per outer step (`inner_tol=None`: `js.minimise`'s
-      default for the dtype).
+    - `inner_tol`, `inner_max_steps`: per outer step (`inner_tol=None`: as in
+      `js.bilevel.hypergradient`).
     - `linear_solver`: a lineax solver for the adjoint system (default `None`: as
       `js.bilevel.Implicit`, CG with tolerances the dtype can reach).
     - `warm_start_adjoint`: start the linear solver from the previous `v` (default `True`);

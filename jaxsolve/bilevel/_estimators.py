@@ -19,7 +19,7 @@ from jaxtyping import Array, PyTree
 from .._adjoint import ImplicitAdjoint, ReportedSolver, UnrollAdjoint
 from .._minimise import AbstractMinimiser
 from .._neumann import Neumann
-from .._problem import HESSIAN_TAGS, krylov_tolerances, tree_size
+from .._problem import HESSIAN_TAGS, adjoint_cg
 from .._solution import RESULTS
 from ._problem import HypergradientProblem
 from ._solution import Hypergradient
@@ -136,9 +136,12 @@ class Implicit(AbstractImplicitEstimator):
 
     **Arguments:**
 
-    - `linear_solver`: a lineax solver for the inner Hessian: `None` (default) is `lx.CG`
-      (the Hessian of a convex inner problem is symmetric positive definite) with tolerances
-      the dtype can reach (rtol 1e-10 in float64, 1e-4 in float32); or `lx.GMRES(...)`,
+    - `linear_solver`: a lineax solver for the inner Hessian: `None` (default) is
+      jaxsolve's CG, `js.linear.CG` (the Hessian of a convex inner problem is symmetric
+      positive definite; on the flattened vector for pytree unknowns such as an equinox
+      model's weights), with a relative residual the dtype can reach (1e-10 in float64,
+      1e-4 in float32) and at most 1000 Hessian-vector products; negative curvature stops
+      it as `not_positive_definite`, reported as `adjoint_not_converged`. Or `lx.GMRES(...)`,
       `lx.BiCGStab(...)`, `lx.Cholesky()`, `lx.LU()`, ...
 
     **Example:**
@@ -170,8 +173,7 @@ class Implicit(AbstractImplicitEstimator):
     def get_linear_solver(self, y):
         if self.linear_solver is not None:
             return self.linear_solver
-        rtol, atol = krylov_tolerances(y)
-        return lx.CG(rtol=rtol, atol=atol, max_steps=10 * tree_size(y) + 100)
+        return adjoint_cg(y)
 
 
 class TruncatedNeumann(AbstractImplicitEstimator):

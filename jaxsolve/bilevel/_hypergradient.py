@@ -104,7 +104,8 @@ def hypergradient(
       `js.GradientDescent(lr)` is the usual choice).
     - `inner_tol`, `inner_max_steps`: the inner solve's tolerance on `‖∇_y G‖` and step bound
       (`inner_tol=None`: the inner solver's, else `js.minimise`'s default for the dtype,
-      1e-6 in float64 and 1e-4 in float32).
+      1e-6 in float64 and 1e-4 in float32, in float32 at least `1e-6 ‖∇_y G(θ, y0)‖₂`:
+      float32 cannot reach an absolute 1e-4 on a loss summed over many samples).
     - `adjoint0`: a warm start of the adjoint vector (implicit estimators), or `None`.
     - `throw`: raise, with the result's message, if the hypergradient is not `successful`
       (inner or adjoint solve not converged, non-finite values). With `False` nothing raises,

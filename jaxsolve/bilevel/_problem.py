@@ -6,12 +6,30 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree, Scalar
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._iterate import tree_norm
 from .._minimise import AbstractMinimiser, minimise
+from .._problem import MinimiseProblem, default_tol, float_dtype
 from .._solution import Solution
+
+
+def default_inner_tol(inner_fn, theta, y0, inner_args) -> Any:
+    """The inner tolerance on `‖∇_y G‖₂` when neither `inner_tol` nor the inner solver sets
+    one: `js.minimise`'s default for the dtype (1e-6 in float64, 1e-4 in float32), and in
+    float32 at least `1e-6 ‖∇_y G(θ, y0)‖₂`. float32 gradients carry rounding errors near
+    `eps·‖∇G‖`: on a sum-of-squares loss over 1500 samples (`‖∇G(y0)‖ ≈ 1.5e4`) L-BFGS
+    stalls near 5e-4, so an absolute 1e-4 was out of reach and every hypergradient raised.
+    Float64 keeps the absolute default."""
+    dtype = float_dtype(y0)
+    tol = MinimiseProblem.default_tol(dtype)
+    rel = default_tol(dtype, 0.0, 1e-6)
+    if rel == 0.0:
+        return tol
+    g0 = tree_norm(jax.grad(inner_fn, argnums=1)(theta, y0, inner_args))
+    return jax.lax.stop_gradient(jnp.maximum(tol, rel * g0).astype(dtype))
 
 
 def solve_inner(
@@ -19,7 +37,9 @@ def solve_inner(
 ) -> Solution:
     """`min_y inner_fn(theta, y, inner_args)` by the core's `js.minimise`, never raising
     (`throw=False`: derivative solves included); differentiable in `theta` and `inner_args`
-    by `adjoint`."""
+    by `adjoint`. `tol=None` with a solver without its own `tol`: `default_inner_tol`."""
+    if tol is None and getattr(solver, "tol", None) is None:
+        tol = default_inner_tol(inner_fn, theta, y0, inner_args)
     return minimise(
         lambda y, a: inner_fn(a[0], y, a[1]),
         y0,

@@ -90,7 +90,10 @@ class Hypergradient(Solution):
         if adjoint_result is None:
             adjoint_ok = jnp.array(True)
         else:
-            adjoint_ok = RESULTS.promote(adjoint_result) == RESULTS.successful
+            # jaxsolve's own linear solvers report a jaxsolve result, lineax's a lineax one.
+            if not isinstance(adjoint_result, RESULTS):
+                adjoint_result = RESULTS.promote(adjoint_result)
+            adjoint_ok = adjoint_result == RESULTS.successful
         # NaN data make the inner solve non-finite: that is the hypergradient's failure too.
         finite = tree_all_finite(grad) & jnp.isfinite(loss) & (inner.result != RESULTS.nonfinite)
         result = RESULTS.where(
