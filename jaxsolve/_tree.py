@@ -71,6 +71,15 @@ def tree_ravel(tree: PyTree[Array]) -> tuple[Array, Callable[[Array], PyTree[Arr
     return jax.flatten_util.ravel_pytree(tree)
 
 
+def same_vector_structure(x: Any, y: Any) -> bool:
+    """Whether two vector structures (pytrees of arrays or shape-dtype structs) have the same
+    tree, shapes and dtypes (weak typing ignored)."""
+    if jtu.tree_structure(x) != jtu.tree_structure(y):
+        return False
+    key = lambda leaf: (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+    return all(key(a) == key(b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y)))
+
+
 def check_vector_structure(struct: Any, who: str) -> None:
     """Static check of a vector space's structure (a pytree of arrays or shape-dtype
     structs): at least one leaf, all leaves of one floating dtype."""

@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, PyTree
 
 from .._checks import check_float_tree, floats_to_arrays
+from .._functions import function_as_data
 from .._iterate import (
     AbstractIterativeSolver,
     apply_throw,
@@ -65,8 +66,9 @@ class _OuterLoop(AbstractIterativeSolver):
     algorithm: AbstractBilevelAlgorithm
     optimiser: optax.GradientTransformation
     num_steps: int = eqx.field(static=True)
-    metrics_fn: Callable | None = eqx.field(static=True)
-    project: Callable | None = eqx.field(static=True)
+    # User functions as data (their closed-over arrays are leaves): see `function_as_data`.
+    metrics_fn: Callable | None = eqx.field(converter=function_as_data)
+    project: Callable | None = eqx.field(converter=function_as_data)
 
     def _step(self, problem, theta, t, opt_state, state):
         oa, ia = problem.args_at(t)

@@ -19,6 +19,7 @@ from .._solve import iterative_solve
 from .._tree import (
     check_vector_structure,
     is_single_array,
+    same_vector_structure,
     tree_dot,
     tree_dtype,
     tree_sub,
@@ -228,7 +229,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
 def check_square(operator: lx.AbstractLinearOperator, who: str) -> None:
     """Static checks of a Krylov solver's operator: square (the same input and output
     structure, which may be a pytree), its vectors' leaves of one dtype."""
-    if operator.in_structure() != operator.out_structure():
+    if not same_vector_structure(operator.in_structure(), operator.out_structure()):
         raise ValueError(
             f"{who} needs a square operator (same input and output structure); got "
             f"{operator.in_structure()} -> {operator.out_structure()}."

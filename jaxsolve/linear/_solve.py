@@ -12,7 +12,13 @@ from .._adjoint import ReportedSolver
 from .._checks import floats_to_arrays
 from .._iterate import apply_throw
 from .._solution import RESULTS, Solution
-from .._tree import check_vector_structure, is_single_array, tree_ravel, tree_sub
+from .._tree import (
+    check_vector_structure,
+    is_single_array,
+    same_vector_structure,
+    tree_ravel,
+    tree_sub,
+)
 from ._cg import CG
 from ._common import AbstractIterativeLinearSolver, dot, safe_norm_b
 
@@ -33,7 +39,8 @@ def as_vector(b, name: str = "b"):
         if b.size == 0:
             raise ValueError(f"`{name}` is empty (shape {b.shape}); there is no system to solve.")
         return b
-    b = jax.tree_util.tree_map(jnp.asarray, b)
+    # Strongly typed leaves (`astype`): a weakly typed leaf would change type in the loop.
+    b = jax.tree_util.tree_map(lambda x: jnp.asarray(x).astype(jnp.asarray(x).dtype), b)
     for leaf in jax.tree_util.tree_leaves(b):
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise TypeError(
@@ -74,7 +81,7 @@ def as_operator(A, b) -> lx.AbstractLinearOperator:
             "`A` must be a square array, a lineax operator, or a matvec callable v -> A v; "
             f"got {type(A).__name__}."
         )
-    if op.in_structure() != op.out_structure():
+    if not same_vector_structure(op.in_structure(), op.out_structure()):
         raise ValueError(
             "`A` must be square (same input and output structure); got "
             f"{op.in_structure()} -> {op.out_structure()}."
@@ -82,7 +89,7 @@ def as_operator(A, b) -> lx.AbstractLinearOperator:
     b_struct = jax.eval_shape(lambda: b)
     out = op.out_structure()
     if pytree or not is_single_array(out):
-        if out != b_struct:
+        if not same_vector_structure(out, b_struct):
             raise ValueError(
                 f"`b` has the structure {b_struct} but `A` maps vectors of structure "
                 f"{op.in_structure()} to {out}; they must match (shapes and dtypes)."
