@@ -17,11 +17,13 @@ leaves. Calling the result rebuilds the function with the (possibly traced) arra
 a jitted entry point the closed-over arrays are traced inputs, and the core's closure
 conversion then makes them differentiable inputs of the implicit derivative.
 
-What is not converted stays as it was (static, by identity when unhashable): builtins, jitted
-or `custom_jvp` functions, numpy arrays (they may be used for static shapes), module globals.
+What is not converted stays as it was (static, by identity when unhashable): functions defined
+at the top of a module (stable identity, nothing closed over), builtins, jitted or `custom_jvp`
+functions, numpy arrays (they may be used for static shapes), module globals.
 """
 
 import functools
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -116,7 +118,16 @@ class _Partial(eqx.Module):
         return _restore(self.func)(*_restore(self.args), *args, **_restore(self.keywords), **kwargs)
 
 
+def _is_module_level(fn: types.FunctionType) -> bool:
+    """A function defined at the top of its module: it closes over nothing, and its identity
+    is stable (the same object at every call), so it stays as it is."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return getattr(module, fn.__qualname__, None) is fn
+
+
 def _of_function(fn: types.FunctionType, depth: int) -> Any:
+    if _is_module_level(fn):
+        return fn
     if depth >= _MAX_DEPTH:  # deep or recursive closures: keep the function itself
         return _ById(fn)
     try:
@@ -137,9 +148,16 @@ def _of_function(fn: types.FunctionType, depth: int) -> Any:
 
 def function_as_data(fn: Any) -> Any:
     """`fn` as a pytree whose leaves are the jax arrays it closes over (see the module
-    docstring); callables that are not Python functions or partials come back unchanged,
-    except that an unhashable one is compared by identity."""
+    docstring); callables that are not Python functions or partials come back unchanged."""
     if isinstance(fn, types.FunctionType | functools.partial):
         out = _convert(fn, 0)
         return out.value if isinstance(out, _ById) else out
     return fn
+
+
+def functions_as_data(tree: Any) -> Any:
+    """Every Python function in the pytree `tree` as data (`function_as_data`): e.g. an optax
+    `GradientTransformation`, whose `init` and `update` close over its settings (a new
+    `optax.adam(1e-3)` is then the same static key as the last one)."""
+    is_fn = lambda x: isinstance(x, types.FunctionType | functools.partial)
+    return jtu.tree_map(lambda x: function_as_data(x) if is_fn(x) else x, tree, is_leaf=is_fn)
