@@ -51,6 +51,25 @@ def as_vector(b, name: str = "b"):
     return b
 
 
+def _like_b(x0, b):
+    """The starting point `x0` in the structure, shapes and dtypes of `b` (checked)."""
+    if is_single_array(b):
+        x0 = jnp.asarray(x0, dtype=b.dtype)
+    if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(b):
+        raise ValueError(
+            f"`x0` must have the structure of `b`, {jax.tree_util.tree_structure(b)}; got "
+            f"{jax.tree_util.tree_structure(x0)}."
+        )
+
+    def leaf(x, y):
+        x = jnp.asarray(x, dtype=y.dtype)
+        if x.shape != y.shape:
+            raise ValueError(f"`x0` must have the shape of `b`, {y.shape}; got {x.shape}.")
+        return x
+
+    return jax.tree_util.tree_map(leaf, x0, b)
+
+
 def as_operator(A, b) -> lx.AbstractLinearOperator:
     """A square array, a lineax operator, or a matvec callable, as a lineax operator; shapes
     and (pytree) structures are checked against `b` here, at trace time."""
@@ -211,15 +230,6 @@ def solve(
     if isinstance(solver, AbstractIterativeLinearSolver):
         # Python floats (tol, omega) become arrays: new values never recompile.
         solver = floats_to_arrays(solver)
-    if x0 is not None and is_single_array(b):
-        x0 = jnp.asarray(x0, dtype=b.dtype)
-        if x0.shape != b.shape:
-            raise ValueError(f"`x0` must have the shape of `b`, {b.shape}; got {x0.shape}.")
-    elif x0 is not None:
-        if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(b):
-            raise ValueError(
-                f"`x0` must have the structure of `b`, {jax.tree_util.tree_structure(b)}; got "
-                f"{jax.tree_util.tree_structure(x0)}."
-            )
-        x0 = jax.tree_util.tree_map(lambda x, y: jnp.asarray(x, y.dtype), x0, b)
+    if x0 is not None:
+        x0 = _like_b(x0, b)
     return _solve(operator, b, solver, x0, throw)
