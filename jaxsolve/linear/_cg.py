@@ -9,7 +9,7 @@ import lineax as lx
 from jaxtyping import Array, Scalar
 
 from .._solution import RESULTS
-from .._tree import tree_axpy, tree_dtype, tree_sub
+from .._tree import tree_axpy, tree_dtype, tree_scale, tree_sub
 from ._common import (
     DEFAULT_MAX_STEPS,
     AbstractIterativeLinearSolver,
@@ -30,7 +30,7 @@ def descend(y, r, p, ap, num):
     pap = dot(p, ap)
     ok = pap > 0
     alpha = jnp.where(ok, num / jnp.where(ok, pap, 1), 0)
-    return tree_axpy(alpha, p, y), tree_axpy(-alpha, ap, r), pap, ok, jnp.isfinite(pap)
+    return tree_axpy(alpha, p, y), tree_sub(r, tree_scale(alpha, ap)), pap, ok, jnp.isfinite(pap)
 
 
 class _CGState(eqx.Module):

@@ -16,7 +16,16 @@ from jaxtyping import Array, Scalar
 
 from .._problem import tree_size
 from .._solution import RESULTS
-from .._tree import tree_add, tree_axpy, tree_dtype, tree_ravel, tree_sub, tree_where, zeros_like
+from .._tree import (
+    tree_add,
+    tree_axpy,
+    tree_dtype,
+    tree_ravel,
+    tree_scale,
+    tree_sub,
+    tree_where,
+    zeros_like,
+)
 from ._arnoldi import arnoldi_residual, arnoldi_solution, arnoldi_start, arnoldi_step
 from ._common import (
     DEFAULT_MAX_STEPS,
@@ -231,16 +240,16 @@ class _BiCGStabIteration(AbstractLinearIteration):
         tiny = jnp.finfo(tree_dtype(y)).tiny
         rho = dot(s.r_hat, s.r)
         beta = (rho / _nz(s.rho)) * (s.alpha / _nz(s.omega))
-        p = tree_axpy(beta, tree_axpy(-s.omega, s.v, s.p), s.r)
+        p = tree_axpy(beta, tree_sub(s.p, tree_scale(s.omega, s.v)), s.r)
         v = mv(p)
         rv = dot(s.r_hat, v)
         alpha = rho / _nz(rv)
-        h = tree_axpy(-alpha, v, s.r)
+        h = tree_sub(s.r, tree_scale(alpha, v))
         t = mv(h)
         tt = dot(t, t)
         omega = dot(t, h) / _nz(tt)
         y_new = tree_axpy(omega, h, tree_axpy(alpha, p, y))
-        r = tree_axpy(-omega, t, h)
+        r = tree_sub(h, tree_scale(omega, t))
         # rho = 0 or r̂ᵀv = 0 (the shadow residual became orthogonal), or ω = 0: breakdown.
         ok = (jnp.abs(rho) > tiny) & (jnp.abs(rv) > tiny)
         ok = ok & ((jnp.abs(omega) > tiny) | (dot(h, h) <= tiny))
