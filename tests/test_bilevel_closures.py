@@ -68,7 +68,7 @@ def test_grad_wrt_a_closed_over_array_matches_finite_differences():
     theta, target = jnp.array([0.1, -0.2, 0.3]), jnp.ones(3)
     # d loss / d t through y*(t): t is closed over by `inner`, never an argument.
     g = jax.grad(lambda t: _hypergradient(X, t, target, theta).loss)(t)
-    h = 1e-6
+    h, t = 1e-6, np.asarray(t, np.float64)  # perturb in float64
     fd = [
         (
             _closed_form(X, t + h * e, target, theta)[0]

@@ -55,7 +55,8 @@ SOLVERS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+# The float32 pass (CI time) runs the three Krylov recurrences; float64 runs every solver.
+@pytest.mark.parametrize("name", ["BiCGStab", "CG", "GMRES"] if F32 else sorted(SOLVERS))
 def test_solvers_on_pytrees_match_the_dense_solution(name):
     spd = name in ("CG", "CG-Jacobi", "FlexibleCG")
     M, b, ref = _system(1, spd=spd)
