@@ -10,17 +10,25 @@ import pytest
 
 HERE = pathlib.Path(__file__).parent
 # Files whose tests hold in both dtypes (tolerances chosen per dtype inside them).
-FILES = ["test_contract.py", "test_scale.py", "test_constrained.py"]
+# One fresh process per file, so that the xdist workers share the pass.
+FILES = [
+    "test_contract.py",
+    "test_scale.py",
+    "test_constrained.py",
+    "test_linear_pytree.py",
+    "test_bilevel_closures.py",
+]
 
 
 @pytest.mark.skipif(os.environ.get("JAXSOLVE_TEST_X64") == "0", reason="already the float32 pass")
-def test_float32_pass():
+@pytest.mark.parametrize("file", FILES)
+def test_float32_pass(file):
     env = dict(os.environ, JAXSOLVE_TEST_X64="0", JAX_ENABLE_X64="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
     # Compile counts do not depend on the dtype: the float64 pass covers them.
     deselect = ["-k", "not compile"]
     out = subprocess.run(
-        cmd + deselect + [str(HERE / f) for f in FILES],
+        cmd + deselect + [str(HERE / file)],
         capture_output=True,
         text=True,
         timeout=280,

@@ -5,12 +5,11 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
 from .._adjoint import ImplicitAdjoint
 from .._solution import RESULTS
+from .._tree import tree_axpy as tree_axpy, tree_scale as tree_scale, zeros_like as zeros_like
 from ._problem import Problem, solve_inner
 
 
@@ -51,16 +50,3 @@ def inner_minimise(problem, theta, y0, inner_args, solver, tol, max_steps):
 
 def converged(result) -> Array:
     return result == RESULTS.successful
-
-
-def tree_axpy(a, x, y):
-    """`a * x + y` leafwise."""
-    return jtu.tree_map(lambda xi, yi: a * xi + yi, x, y)
-
-
-def tree_scale(a, x):
-    return jtu.tree_map(lambda xi: a * xi, x)
-
-
-def zeros_like(tree):
-    return jtu.tree_map(jnp.zeros_like, tree)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array
 
+from .._functions import function_as_data
 from .._iterate import tree_norm
 from ._algorithm import AbstractBilevelAlgorithm
 
@@ -81,7 +82,8 @@ class LVHBA(AbstractBilevelAlgorithm):
     ```
     """
 
-    constraint_fn: Callable = eqx.field(static=True)
+    # User functions as data (closed-over arrays are leaves): see `function_as_data`.
+    constraint_fn: Callable = eqx.field(converter=function_as_data)
     alpha: float | Array = 0.01
     eta: float | Array = 0.1
     beta: float | Array = 0.1
@@ -90,8 +92,8 @@ class LVHBA(AbstractBilevelAlgorithm):
     c0: float | Array = 1.0
     p: float | Array = 0.3
     z_max: float | Array = float("inf")
-    project_y: Callable | None = eqx.field(static=True, default=None)
-    project: Callable | None = eqx.field(static=True, default=None)
+    project_y: Callable | None = eqx.field(default=None, converter=function_as_data)
+    project: Callable | None = eqx.field(default=None, converter=function_as_data)
 
     def __check_init__(self):
         if not callable(self.constraint_fn):

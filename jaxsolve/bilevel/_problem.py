@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree, Scalar
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
+from .._functions import function_as_data
 from .._iterate import tree_norm
 from .._minimise import AbstractMinimiser, minimise
 from .._problem import MinimiseProblem, default_tol, float_dtype
@@ -53,10 +54,15 @@ def solve_inner(
 
 
 class Problem(eqx.Module):
-    """The two objectives, `outer_fn(theta, y, outer_args)` and `inner_fn(theta, y, inner_args)`."""
+    """The two objectives, `outer_fn(theta, y, outer_args)` and `inner_fn(theta, y, inner_args)`.
 
-    outer_fn: Any = eqx.field(static=True)
-    inner_fn: Any = eqx.field(static=True)
+    They are held as data (`function_as_data`): the arrays they close over are leaves, so a
+    new lambda with the same code closing over new arrays of the same shapes is new data for
+    the jitted entry points (no recompilation, no constants baked in, derivatives reach
+    them)."""
+
+    outer_fn: Any = eqx.field(converter=function_as_data)
+    inner_fn: Any = eqx.field(converter=function_as_data)
 
     def outer(self, theta, y, args):
         return self.outer_fn(theta, y, args)
@@ -95,8 +101,8 @@ class HypergradientProblem(eqx.Module):
     (never raising), differentiable in `θ` by `adjoint` (default `js.ImplicitAdjoint()`).
     """
 
-    outer_fn: Any = eqx.field(static=True)
-    inner_fn: Any = eqx.field(static=True)
+    outer_fn: Any = eqx.field(converter=function_as_data)
+    inner_fn: Any = eqx.field(converter=function_as_data)
     outer_args: Any
     inner_args: Any
     inner_solver: AbstractMinimiser

@@ -11,6 +11,7 @@ import optax
 from jaxtyping import Array, PyTree
 
 from .._checks import check_float_tree, floats_to_arrays
+from .._functions import function_as_data, functions_as_data
 from .._iterate import (
     AbstractIterativeSolver,
     apply_throw,
@@ -63,10 +64,13 @@ class _OuterLoop(AbstractIterativeSolver):
     arrays of length `num_steps`; done after exactly `num_steps` steps."""
 
     algorithm: AbstractBilevelAlgorithm
-    optimiser: optax.GradientTransformation
+    # A new optax optimiser with the same settings is the same static key (its functions are
+    # closures, new ones per `optax.adam(...)` call).
+    optimiser: optax.GradientTransformation = eqx.field(converter=functions_as_data)
     num_steps: int = eqx.field(static=True)
-    metrics_fn: Callable | None = eqx.field(static=True)
-    project: Callable | None = eqx.field(static=True)
+    # User functions as data (their closed-over arrays are leaves): see `function_as_data`.
+    metrics_fn: Callable | None = eqx.field(converter=function_as_data)
+    project: Callable | None = eqx.field(converter=function_as_data)
 
     def _step(self, problem, theta, t, opt_state, state):
         oa, ia = problem.args_at(t)

@@ -9,6 +9,7 @@ import lineax as lx
 from jaxtyping import Array, Scalar
 
 from .._solution import RESULTS
+from .._tree import tree_axpy, tree_dtype, tree_scale, tree_sub
 from ._common import (
     DEFAULT_MAX_STEPS,
     AbstractIterativeLinearSolver,
@@ -29,12 +30,12 @@ def descend(y, r, p, ap, num):
     pap = dot(p, ap)
     ok = pap > 0
     alpha = jnp.where(ok, num / jnp.where(ok, pap, 1), 0)
-    return y + alpha * p, r - alpha * ap, pap, ok, jnp.isfinite(pap)
+    return tree_axpy(alpha, p, y), tree_sub(r, tree_scale(alpha, ap)), pap, ok, jnp.isfinite(pap)
 
 
 class _CGState(eqx.Module):
-    r: Array
-    p: Array
+    r: Any  # vectors: arrays, or pytrees of arrays
+    p: Any
     rz: Scalar
     res_norm: Scalar
     num_matvecs: Array
@@ -57,12 +58,12 @@ class CGIteration(AbstractLinearIteration):
         return r if self.precond is None else self.precond(r)
 
     def init(self, problem, y, options):
-        r = problem.b - problem.operator.mv(y)
+        r = tree_sub(problem.b, problem.operator.mv(y))
         z = self._m(r)
         rz = dot(r, z)
         rr = rz if self.precond is None else dot(r, r)
         P = AP = None
-        if self.harvest:
+        if self.harvest:  # flat vectors only (RecycledCG flattens its systems)
             P = AP = jnp.zeros((self.harvest, r.size), r.dtype)
         status = initial_status(jnp.asarray(self.valid))
         return _CGState(r, z, rz, jnp.sqrt(rr), jnp.array(1, jnp.int32), status, P, AP)
@@ -87,7 +88,7 @@ class CGIteration(AbstractLinearIteration):
             AP = AP.at[jj].set(jnp.where(keep, ap.reshape(-1), AP[jj]))
         res = jnp.where(ok, jnp.sqrt(rr), s.res_norm)
         status = status_of(finite, ok, RESULTS.not_positive_definite)
-        return y, _CGState(r, z + beta * s.p, rz, res, s.num_matvecs + 1, status, P, AP)
+        return y, _CGState(r, tree_axpy(beta, s.p, z), rz, res, s.num_matvecs + 1, status, P, AP)
 
 
 class CG(AbstractIterativeLinearSolver):
@@ -141,7 +142,7 @@ class CG(AbstractIterativeLinearSolver):
 
     def iteration(self, state, vector):
         operator, precond, valid = state
-        tol = self.resolved_tol(vector.dtype)
+        tol = self.resolved_tol(tree_dtype(vector))
         return CGIteration(tol, precond, valid), LinearProblem(operator, vector)
 
     def transpose(self, state, options):

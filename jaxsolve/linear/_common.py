@@ -12,10 +12,19 @@ from jaxtyping import Array, Bool, Scalar
 
 from .._adjoint import AbstractAdjoint
 from .._checks import check_max_steps, check_tol
-from .._iterate import AbstractIterativeSolver, LoopKind, converged_by
+from .._iterate import AbstractIterativeSolver, LoopKind, converged_by, tree_all_finite
 from .._problem import AbstractProblem, default_tol
 from .._solution import RESULTS
 from .._solve import iterative_solve
+from .._tree import (
+    check_vector_structure,
+    is_single_array,
+    same_vector_structure,
+    tree_dot,
+    tree_dtype,
+    tree_sub,
+    zeros_like,
+)
 
 # The family's defaults, in one place: the most iterations of a Krylov solve and of a
 # relaxation, and the relative-residual tolerance for each dtype.
@@ -28,20 +37,19 @@ def linear_default_tol(dtype) -> float:
     return default_tol(dtype, 1e-6, 1e-5)
 
 
-def dot(x: Array, y: Array) -> Scalar:
-    """Real inner product of two arrays of the same shape (any shape: grids stay grids)."""
-    return jnp.sum(x * y)
+# Vectors are arrays of any shape (grids stay grids) or pytrees of arrays of one dtype.
+dot = tree_dot
 
 
-def safe_norm_b(b: Array) -> Scalar:
+def safe_norm_b(b) -> Scalar:
     nb = jnp.sqrt(dot(b, b))
     return jnp.where(nb > 0, nb, jnp.ones_like(nb))
 
 
 class LinearProblem(AbstractProblem):
-    """`A y = b` for a square lineax `operator` and an array `b` (any shape: grids stay grids);
-    optimality `A y − b`. Error measure: the relative residual `‖b − Ay‖/‖b‖` (`‖b‖ = 0`
-    counts as 1), `stats["error"]`.
+    """`A y = b` for a square lineax `operator` and a vector `b` (an array of any shape —
+    grids stay grids — or a pytree of arrays); optimality `A y − b`. Error measure: the
+    relative residual `‖b − Ay‖/‖b‖` (`‖b‖ = 0` counts as 1), `stats["error"]`.
 
     **Example:**
 
@@ -55,7 +63,7 @@ class LinearProblem(AbstractProblem):
     """
 
     operator: lx.AbstractLinearOperator
-    b: Array
+    b: Any
     norm_b: Scalar
     error_name: ClassVar[str] = "error"
 
@@ -65,13 +73,13 @@ class LinearProblem(AbstractProblem):
         self.norm_b = safe_norm_b(b) if norm_b is None else norm_b
 
     def optimality(self, y):
-        return self.operator.mv(y) - self.b
+        return tree_sub(self.operator.mv(y), self.b)
 
     def adjoint_solver(self, y):
         return lx.AutoLinearSolver(well_posed=None)
 
     def validate(self):
-        finite = jnp.all(jnp.isfinite(self.b))
+        finite = tree_all_finite(self.b)
         if isinstance(self.operator, lx.MatrixLinearOperator):
             finite = finite & jnp.all(jnp.isfinite(self.operator.matrix))
         return RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite)
@@ -109,7 +117,7 @@ class AbstractLinearIteration(AbstractIterativeSolver[LinearProblem, Array, Any]
     def postprocess(self, problem, y, state):
         stats = {"num_matvecs": state.num_matvecs}
         if not self.exact_residual:
-            r = problem.b - problem.operator.mv(y)
+            r = tree_sub(problem.b, problem.operator.mv(y))
             stats["error"] = jnp.sqrt(dot(r, r)) / problem.norm_b
             stats["num_matvecs"] = state.num_matvecs + 1
         return y, stats
@@ -204,7 +212,12 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
     def compute(self, state, vector, options):
         iteration, problem = self.iteration(state, vector)
         y0 = options.get("y0", None)
-        y0 = jnp.zeros_like(vector) if y0 is None else jnp.asarray(y0, vector.dtype)
+        dtype = tree_dtype(vector)
+        y0 = (
+            zeros_like(vector)
+            if y0 is None
+            else jax.tree_util.tree_map(lambda y: jnp.asarray(y, dtype), y0)
+        )
         sol = run_iteration(iteration, problem, y0, self.loop_steps(vector))
         stats = dict(sol.stats, result=sol.result)
         return sol.value, to_lx_result(sol.result), stats
@@ -214,16 +227,27 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
 
 
 def check_square(operator: lx.AbstractLinearOperator, who: str) -> None:
-    if operator.in_structure() != operator.out_structure():
+    """Static checks of a Krylov solver's operator: square (the same input and output
+    structure, which may be a pytree), its vectors' leaves of one dtype."""
+    if not same_vector_structure(operator.in_structure(), operator.out_structure()):
         raise ValueError(
             f"{who} needs a square operator (same input and output structure); got "
             f"{operator.in_structure()} -> {operator.out_structure()}."
         )
-    leaves = jax.tree_util.tree_leaves(operator.in_structure())
-    if len(leaves) != 1:
+    check_vector_structure(operator.in_structure(), who)
+
+
+def check_matrix_vectors(operator: lx.AbstractLinearOperator, who: str) -> None:
+    """For the solvers that sweep the entries of a matrix (SOR, SSOR, the SSOR
+    preconditioner): refuse an operator on pytree vectors, saying what to use instead."""
+    if not is_single_array(operator.in_structure()):
         raise TypeError(
-            f"{who} works on operators whose vectors are single arrays; got the structure "
-            f"{operator.in_structure()}. Flatten the vector (e.g. jax.flatten_util.ravel_pytree)."
+            f"{who} sweeps the rows of a matrix, so it needs an operator on single-array "
+            f"vectors; got the pytree structure {operator.in_structure()}. For pytree vectors "
+            "use js.linear.CG (symmetric positive definite; preconditioner="
+            "js.linear.JacobiPreconditioner() works on pytrees), GMRES, BiCGStab or Jacobi; or "
+            "flatten the system with jax.flatten_util.ravel_pytree and pass "
+            "lx.MatrixLinearOperator(operator.as_matrix())."
         )
 
 

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Scalar
 
+from .._iterate import tree_all_finite
 from .._solution import RESULTS
+from .._tree import tree_dtype, tree_sub
 from ._cg import descend
 from ._common import (
     DEFAULT_MAX_STEPS,
@@ -25,9 +27,9 @@ from ._preconditioners import AbstractPreconditioner, as_preconditioner
 
 
 class _FCGState(eqx.Module):
-    r: Array
-    p: Array  # (k, *shape): the last k directions (zeros where unused)
-    ap: Array  # (k, *shape): A times them
+    r: Any  # a vector: an array, or a pytree of arrays
+    p: Any  # (k, *shape) per leaf: the last k directions (zeros where unused)
+    ap: Any  # (k, *shape) per leaf: A times them
     pap: Array  # (k,): pᵀAp of each (zero where unused)
     slot: Array  # where the next direction goes
     res_norm: Scalar
@@ -41,14 +43,14 @@ class _FCGIteration(AbstractLinearIteration):
     num_orth: int = eqx.field(static=True)
 
     def init(self, problem, y, options):
-        r = problem.b - problem.operator.mv(y)
+        r = tree_sub(problem.b, problem.operator.mv(y))
         k = self.num_orth
-        zeros = jnp.zeros((k, *r.shape), r.dtype)
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros((k, *x.shape), x.dtype), r)
         return _FCGState(
             r,
             zeros,
             zeros,
-            jnp.zeros((k,), r.dtype),
+            jnp.zeros((k,), tree_dtype(r)),
             jnp.array(0, jnp.int32),
             jnp.sqrt(dot(r, r)),
             jnp.array(1, jnp.int32),
@@ -59,24 +61,26 @@ class _FCGIteration(AbstractLinearIteration):
         r = state.r
         # The direction only matters up to scale: feed the map a unit residual, so that a
         # network sees inputs of the size it was trained on.
-        rn = r / jnp.where(state.res_norm > 0, state.res_norm, 1)
+        scale = jnp.where(state.res_norm > 0, state.res_norm, 1)
+        rn = jax.tree_util.tree_map(lambda x: x / scale, r)
         z = rn if self.direction is None else self.direction(rn)
-        z = jnp.asarray(z, r.dtype).reshape(r.shape)
+        z = _like(z, r)
         # A-orthogonalise against the stored directions (unused slots have pAp = 0).
         used = state.pap > 0
         coef = jax.vmap(lambda ap: dot(z, ap))(state.ap) / jnp.where(used, state.pap, 1)
         coef = jnp.where(used, coef, 0)
-        p = z - jnp.tensordot(coef, state.p, axes=1)
+        p = tree_sub(z, jax.tree_util.tree_map(lambda P: jnp.tensordot(coef, P, axes=1), state.p))
         ap = problem.operator.mv(p)
         # The exact line search along p: CG's own update.
         y, r, pap, ok, finite = descend(y, r, p, ap, dot(p, r))
-        finite = finite & jnp.all(jnp.isfinite(z))
+        finite = finite & tree_all_finite(z)
         ok = ok & finite
         slot = state.slot
+        put = lambda stack, v: jax.tree_util.tree_map(lambda S, x: S.at[slot].set(x), stack, v)
         new = _FCGState(
             r,
-            state.p.at[slot].set(p),
-            state.ap.at[slot].set(ap),
+            put(state.p, p),
+            put(state.ap, ap),
             state.pap.at[slot].set(jnp.where(ok, pap, 0)),
             (slot + 1) % self.num_orth,
             jnp.where(ok, jnp.sqrt(dot(r, r)), state.res_norm),
@@ -84,6 +88,16 @@ class _FCGIteration(AbstractLinearIteration):
             status_of(finite, ok, RESULTS.not_positive_definite),
         )
         return y, new
+
+
+def _like(z, r):
+    """The direction map's output `z` with the structure, shapes and dtype of the residual."""
+    if jax.tree_util.tree_structure(z) != jax.tree_util.tree_structure(r):
+        raise TypeError(
+            "FlexibleCG's `direction` must return a vector with the structure of its input; "
+            f"got {jax.tree_util.tree_structure(z)} for {jax.tree_util.tree_structure(r)}."
+        )
+    return jax.tree_util.tree_map(lambda zi, ri: jnp.asarray(zi, ri.dtype).reshape(ri.shape), z, r)
 
 
 class FlexibleCG(AbstractIterativeLinearSolver):
@@ -150,7 +164,7 @@ class FlexibleCG(AbstractIterativeLinearSolver):
 
     def iteration(self, state, vector):
         operator, d = state
-        tol = self.resolved_tol(vector.dtype)
+        tol = self.resolved_tol(tree_dtype(vector))
         return _FCGIteration(tol, d, self.num_orth), LinearProblem(operator, vector)
 
     def transpose(self, state, options):

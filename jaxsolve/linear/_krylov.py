@@ -14,7 +14,18 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Scalar
 
+from .._problem import tree_size
 from .._solution import RESULTS
+from .._tree import (
+    tree_add,
+    tree_axpy,
+    tree_dtype,
+    tree_ravel,
+    tree_scale,
+    tree_sub,
+    tree_where,
+    zeros_like,
+)
 from ._arnoldi import arnoldi_residual, arnoldi_solution, arnoldi_start, arnoldi_step
 from ._common import (
     DEFAULT_MAX_STEPS,
@@ -39,7 +50,8 @@ class CycleState(eqx.Module):
 
 
 class KrylovCycles(AbstractLinearIteration):
-    """Restarted GMRES(m) on a `LinearProblem` (vectors of any shape, flattened inside). One
+    """Restarted GMRES(m) on a `LinearProblem` (vectors of any shape, or pytrees, flattened
+    inside: the Arnoldi basis is a matrix). One
     loop step is one cycle: Arnoldi iterations (an inner loop, one matvec each) until `m` of
     them, the least-squares residual meets `tol`, the Krylov space is invariant, or the budget
     of `max_iters` iterations is spent; then the iterate moves and the true residual is
@@ -55,15 +67,15 @@ class KrylovCycles(AbstractLinearIteration):
         return self.max_iters + 1  # every cycle does at least one iteration
 
     def _mv(self, problem):
-        shape = problem.b.shape
-        return lambda v: problem.operator.mv(v.reshape(shape)).reshape(-1)
+        _, unravel = tree_ravel(problem.b)
+        return lambda v: tree_ravel(problem.operator.mv(unravel(v)))[0]
 
     def _state(self, r, num_iters, num_matvecs, status, recycled, ready=True):
         res = jnp.sqrt(dot(r, r))
         return CycleState(r, res, jnp.asarray(ready), num_iters, num_matvecs, status, recycled)
 
     def init(self, problem, y, options):
-        r = (problem.b - problem.operator.mv(y)).reshape(-1)
+        r = tree_ravel(tree_sub(problem.b, problem.operator.mv(y)))[0]
         status = initial_status(jnp.array(True))
         return self._state(r, jnp.array(0, jnp.int32), jnp.array(1, jnp.int32), status, None)
 
@@ -99,7 +111,7 @@ class KrylovCycles(AbstractLinearIteration):
         y, recycled = self.update(problem, y, s, a, B)
         y, r = self.residual(problem, y, recycled)
         new = self._state(
-            r.reshape(-1), iters, s.num_matvecs + (iters - s.num_iters) + 1, s.status, recycled
+            tree_ravel(r)[0], iters, s.num_matvecs + (iters - s.num_iters) + 1, s.status, recycled
         )
         # No progress over a whole cycle: restarted GMRES has stagnated (e.g. a singular A).
         eps = jnp.finfo(new.res_norm.dtype).eps
@@ -108,13 +120,14 @@ class KrylovCycles(AbstractLinearIteration):
         status = status_of(jnp.isfinite(new.res_norm), ~stalled, RESULTS.krylov_stagnation)
         return y, eqx.tree_at(lambda q: q.status, new, status)
 
-    def update(self, problem, y, s, a, B) -> tuple[Array, Any]:
+    def update(self, problem, y, s, a, B) -> tuple[Any, Any]:
         """The iterate at the end of a cycle (and GCRO-DR's new recycled space)."""
         z = arnoldi_solution(a)
-        return y + (z @ a.V[: self.m]).reshape(y.shape), s.recycled
+        _, unravel = tree_ravel(y)
+        return tree_add(y, unravel(z @ a.V[: self.m])), s.recycled
 
     def residual(self, problem, y, recycled):
-        return y, problem.b - problem.operator.mv(y)
+        return y, tree_sub(problem.b, problem.operator.mv(y))
 
     def converged(self, problem, y, s):
         err = s.res_norm / problem.norm_b
@@ -187,8 +200,8 @@ class GMRES(_AbstractKrylov):
         return operator
 
     def _iteration(self, vector):
-        m = min(self.restart, vector.size)
-        return KrylovCycles(self.resolved_tol(vector.dtype), m, self.max_steps)
+        m = min(self.restart, tree_size(vector))
+        return KrylovCycles(self.resolved_tol(tree_dtype(vector)), m, self.max_steps)
 
     def loop_steps(self, vector):
         return self._iteration(vector).loop_steps()
@@ -198,10 +211,10 @@ class GMRES(_AbstractKrylov):
 
 
 class _BiCGStabState(eqx.Module):
-    r: Array
-    r_hat: Array
-    p: Array
-    v: Array
+    r: Any  # vectors: arrays, or pytrees of arrays
+    r_hat: Any
+    p: Any
+    v: Any
     rho: Scalar
     alpha: Scalar
     omega: Scalar
@@ -214,9 +227,9 @@ class _BiCGStabIteration(AbstractLinearIteration):
     tol: Any
 
     def init(self, problem, y, options):
-        r = problem.b - problem.operator.mv(y)
-        one = jnp.ones((), y.dtype)
-        zero = jnp.zeros_like(r)
+        r = tree_sub(problem.b, problem.operator.mv(y))
+        one = jnp.ones((), tree_dtype(y))
+        zero = zeros_like(r)
         status = initial_status(jnp.array(True))
         return _BiCGStabState(
             r, r, zero, zero, one, one, one, jnp.sqrt(dot(r, r)), jnp.array(1, jnp.int32), status
@@ -224,24 +237,24 @@ class _BiCGStabIteration(AbstractLinearIteration):
 
     def step(self, problem, y, s):
         mv = problem.operator.mv
-        tiny = jnp.finfo(y.dtype).tiny
+        tiny = jnp.finfo(tree_dtype(y)).tiny
         rho = dot(s.r_hat, s.r)
         beta = (rho / _nz(s.rho)) * (s.alpha / _nz(s.omega))
-        p = s.r + beta * (s.p - s.omega * s.v)
+        p = tree_axpy(beta, tree_sub(s.p, tree_scale(s.omega, s.v)), s.r)
         v = mv(p)
         rv = dot(s.r_hat, v)
         alpha = rho / _nz(rv)
-        h = s.r - alpha * v
+        h = tree_sub(s.r, tree_scale(alpha, v))
         t = mv(h)
         tt = dot(t, t)
         omega = dot(t, h) / _nz(tt)
-        y_new = y + alpha * p + omega * h
-        r = h - omega * t
+        y_new = tree_axpy(omega, h, tree_axpy(alpha, p, y))
+        r = tree_sub(h, tree_scale(omega, t))
         # rho = 0 or r̂ᵀv = 0 (the shadow residual became orthogonal), or ω = 0: breakdown.
         ok = (jnp.abs(rho) > tiny) & (jnp.abs(rv) > tiny)
         ok = ok & ((jnp.abs(omega) > tiny) | (dot(h, h) <= tiny))
         finite = jnp.isfinite(rho) & jnp.isfinite(rv) & jnp.isfinite(omega)
-        y = jnp.where(ok & finite, y_new, y)
+        y = tree_where(ok & finite, y_new, y)
         res = jnp.where(ok & finite, jnp.sqrt(dot(r, r)), s.res_norm)
         status = status_of(finite, ok, RESULTS.krylov_breakdown)
         new = _BiCGStabState(r, s.r_hat, p, v, rho, alpha, omega, res, s.num_matvecs + 2, status)
@@ -288,5 +301,5 @@ class BiCGStab(_AbstractKrylov):
         return operator
 
     def iteration(self, state, vector):
-        tol = self.resolved_tol(vector.dtype)
+        tol = self.resolved_tol(tree_dtype(vector))
         return _BiCGStabIteration(tol), LinearProblem(state, vector)

@@ -2,6 +2,7 @@
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ import jax.scipy.linalg as jsl
 import lineax as lx
 from jaxtyping import Array
 
-from ._common import check_omega, omega_and_valid
+from ._common import check_matrix_vectors, check_omega, omega_and_valid
+from ._relaxation import DiagonalSolve, read_diagonal
 from ._stencil import Stencil5, StencilSweep
 
 
@@ -31,10 +33,12 @@ class JacobiPreconditioner(AbstractPreconditioner):
 
     The diagonal is read with `lineax.diagonal` (free for matrices and diagonal-tagged
     operators; for a matvec callable it costs one matvec per column, so pass `diagonal=` then).
+    Works on pytree vectors (`diagonal=` then has the vector's structure).
 
     **Arguments:**
 
-    - `diagonal`: the diagonal of `A`, if known (an array shaped like `b`); `None` reads it.
+    - `diagonal`: the diagonal of `A`, if known (shaped like `b`: an array, or a pytree for
+      pytree vectors); `None` reads it.
 
     **Example:**
 
@@ -49,13 +53,10 @@ class JacobiPreconditioner(AbstractPreconditioner):
     ```
     """
 
-    diagonal: Array | None = None
+    diagonal: Any = None
 
     def build(self, operator):
-        d = self.diagonal
-        if d is None:
-            d = lx.diagonal(operator).reshape(operator.in_structure().shape)
-        return _Diagonal(jnp.asarray(d))
+        return DiagonalSolve(read_diagonal(operator, self.diagonal))
 
 
 class SSORPreconditioner(AbstractPreconditioner):
@@ -88,9 +89,11 @@ class SSORPreconditioner(AbstractPreconditioner):
         check_omega(self.omega, "SSORPreconditioner")
 
     def valid(self, operator):
+        check_matrix_vectors(operator, "SSORPreconditioner")
         return omega_and_valid(self.omega, operator.in_structure().dtype)[1]
 
     def build(self, operator):
+        check_matrix_vectors(operator, "SSORPreconditioner")
         shape = operator.in_structure().shape
         if isinstance(operator, Stencil5):
             omega, _ = omega_and_valid(self.omega, operator.center.dtype)
@@ -103,13 +106,6 @@ class SSORPreconditioner(AbstractPreconditioner):
         lower = jnp.tril(A, -1) + jnp.diag(d)
         upper = jnp.triu(A, 1) + jnp.diag(d)
         return _SSORApply(lower, upper, d, (2 - omega) / omega, shape)
-
-
-class _Diagonal(eqx.Module):
-    d: Array
-
-    def __call__(self, r):
-        return r / self.d
 
 
 class _SSORApply(eqx.Module):

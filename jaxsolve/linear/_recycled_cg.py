@@ -9,14 +9,16 @@ from jaxtyping import Array
 
 from .._checks import check_max_steps, check_tol
 from .._solution import Solution
+from .._tree import tree_ravel
 from ._cg import CGIteration
 from ._common import DEFAULT_MAX_STEPS, LinearProblem, linear_default_tol, run_iteration
-from ._solve import as_operator
+from ._solve import as_vector, flat_system
 
 
 class RitzSpace(eqx.Module):
     """What `RecycledCG` carries between solves (a pytree: carry it through `lax.scan`):
-    `W` — `k` orthonormal approximate eigenvectors (rows, shaped like `b` flattened),
+    `W` — `k` orthonormal approximate eigenvectors (rows, shaped like `b` flattened; a
+    pytree `b` is flattened too),
     `theta` — their Ritz values, `valid` — which rows hold a vector, `count` — solves so far.
 
     **Example:**
@@ -167,13 +169,14 @@ class RecycledCG(eqx.Module):
         if self.harvest is not None and (not isinstance(self.harvest, int) or self.harvest < 1):
             raise ValueError(f"`harvest` must be a positive int or None; got {self.harvest!r}.")
 
-    def init(self, b: Array) -> RitzSpace:
-        """An empty space for systems with right-hand sides shaped like `b`."""
-        b = jnp.asarray(b)
+    def init(self, b) -> RitzSpace:
+        """An empty space for systems with right-hand sides shaped like `b` (an array or a
+        pytree of arrays)."""
+        bf = tree_ravel(as_vector(b))[0]
         k = self.recycle
         return RitzSpace(
-            jnp.zeros((k, b.size), b.dtype),
-            jnp.ones(k, b.dtype),
+            jnp.zeros((k, bf.size), bf.dtype),
+            jnp.ones(k, bf.dtype),
             jnp.zeros(k, bool),
             jnp.array(0, jnp.int32),
         )
@@ -181,9 +184,10 @@ class RecycledCG(eqx.Module):
     @eqx.filter_jit
     def solve(self, A, b, space: RitzSpace, x0=None) -> tuple[Solution, RitzSpace]:
         """Solve `A x = b` with the carried `space`; return the solution and the new space.
-        `A`: a matrix, lineax operator or matvec callable (symmetric positive definite)."""
-        b = jnp.asarray(b)
-        op = as_operator(A, b)
+        `A`: a matrix, lineax operator or matvec callable (symmetric positive definite); `b`
+        an array or a pytree of arrays."""
+        op, flat, bf, x, unravel = flat_system(A, b, x0)
+        b = bf
         k = self.recycle
         if k > b.size:
             raise ValueError(
@@ -196,10 +200,7 @@ class RecycledCG(eqx.Module):
                 f"{k} vectors of size {b.size} (use rcg.init(b))."
             )
         h = 2 * k if self.harvest is None else self.harvest
-        shape = b.shape
-        mv = lambda v: op.mv(v.reshape(shape)).reshape(-1)
-        bf = b.reshape(-1)
-        x = jnp.zeros_like(bf) if x0 is None else jnp.asarray(x0, b.dtype).reshape(-1)
+        mv = flat.mv
         valid = jnp.array(True)
         if self.jacobi:
             d = jnp.asarray(lx.diagonal(op), b.dtype).reshape(-1)
@@ -215,7 +216,6 @@ class RecycledCG(eqx.Module):
         iteration = CGIteration(
             jnp.asarray(tol, b.dtype), _Spectral(space.W, factor, scale), valid, harvest=h
         )
-        flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
         sol = run_iteration(iteration, LinearProblem(flat, bf), x, self.max_steps)
         x, state, result, stats = sol.value, sol.state, sol.result, sol.stats
         # Rayleigh–Ritz on span[W, P]: k matvecs for A W (skipped when there is nothing yet).
@@ -247,5 +247,5 @@ class RecycledCG(eqx.Module):
         )
         extra = jnp.where(do & any_valid, k, 0).astype(jnp.int32)
         stats = dict(stats, num_matvecs=stats["num_matvecs"] + extra)
-        sol = Solution(value=x.reshape(shape), result=result, stats=stats)
+        sol = Solution(value=unravel(x), result=result, stats=stats)
         return sol, RitzSpace(W, th, valid, space.count + 1)

@@ -4,11 +4,11 @@ Mackey, Johnson & Maiti 2006), as used by SKR (Wang et al., ICLR 2024)."""
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jaxtyping import Array
 
 from .._checks import check_max_steps, check_tol
 from .._solution import Solution
+from .._tree import tree_ravel
 from ._arnoldi import arnoldi_solution
 from ._common import (
     DEFAULT_MAX_STEPS,
@@ -18,7 +18,7 @@ from ._common import (
     run_iteration,
 )
 from ._krylov import KrylovCycles
-from ._solve import as_operator
+from ._solve import as_vector, flat_system
 
 
 class RecycleSpace(eqx.Module):
@@ -190,17 +190,18 @@ class GCRODR(eqx.Module):
                 f"restart={self.restart}."
             )
 
-    def init(self, b: Array) -> RecycleSpace:
-        """An empty recycle space for systems with right-hand sides shaped like `b`."""
-        b = jnp.asarray(b)
-        return RecycleSpace(jnp.zeros((self.recycle, b.size), b.dtype), jnp.array(False))
+    def init(self, b) -> RecycleSpace:
+        """An empty recycle space for systems with right-hand sides shaped like `b` (an array
+        or a pytree of arrays)."""
+        bf = tree_ravel(as_vector(b))[0]
+        return RecycleSpace(jnp.zeros((self.recycle, bf.size), bf.dtype), jnp.array(False))
 
     @eqx.filter_jit
     def solve(self, A, b, space: RecycleSpace, x0=None) -> tuple[Solution, RecycleSpace]:
         """Solve `A x = b` starting from the recycled `space`; return the solution and the
-        updated space. `A`: a matrix, lineax operator or matvec callable, as in `solve`."""
-        b = jnp.asarray(b)
-        op = as_operator(A, b)
+        updated space. `A`: a matrix, lineax operator or matvec callable, as in `solve`; `b`
+        an array or a pytree of arrays."""
+        _, flat, b, x, unravel = flat_system(A, b, x0)
         if space.U.shape != (self.recycle, b.size):
             raise ValueError(
                 f"`space` holds vectors of size {space.U.shape[1:]} x {space.U.shape[0]}; "
@@ -210,11 +211,7 @@ class GCRODR(eqx.Module):
             raise ValueError(
                 f"GCRODR needs `recycle` < the system size {b.size}; got recycle={self.recycle}."
             )
-        shape = b.shape
-        mv = lambda v: op.mv(v.reshape(shape)).reshape(-1)
-        bf = b.reshape(-1)
-        x = jnp.zeros_like(bf) if x0 is None else jnp.asarray(x0, b.dtype).reshape(-1)
-        flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
+        bf = b
         tol = jnp.asarray(linear_default_tol(b.dtype) if self.tol is None else self.tol, b.dtype)
         # A cycle longer than the system cannot grow the Krylov space further.
         m = min(self.restart, b.size)
@@ -222,7 +219,7 @@ class GCRODR(eqx.Module):
         problem = LinearProblem(flat, bf)
         sol = run_iteration(iteration, problem, x, iteration.loop_steps(), options={"space": space})
         rec = sol.state.recycled
-        out = Solution(value=sol.value.reshape(shape), result=sol.result, stats=sol.stats)
+        out = Solution(value=unravel(sol.value), result=sol.result, stats=sol.stats)
         return out, RecycleSpace(rec.U, rec.valid)
 
 

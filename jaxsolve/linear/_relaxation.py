@@ -4,17 +4,20 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 from jaxtyping import Array, Scalar
 
 from .._solution import RESULTS
+from .._tree import tree_add, tree_dtype, tree_ravel, tree_sub
 from ._common import (
     DEFAULT_MAX_SWEEPS,
     AbstractIterativeLinearSolver,
     AbstractLinearIteration,
     LinearProblem,
+    check_matrix_vectors,
     check_omega,
     check_square,
     dot,
@@ -25,7 +28,7 @@ from ._stencil import Stencil5, StencilSweep
 
 
 class _RelaxState(eqx.Module):
-    r: Array
+    r: Any  # a vector: an array, or a pytree of arrays (Jacobi)
     res_norm: Scalar
     num_matvecs: Array
     status: RESULTS
@@ -43,27 +46,41 @@ class _RelaxIteration(AbstractLinearIteration):
     exact_residual = True
 
     def init(self, problem, y, options):
-        r = problem.b - problem.operator.mv(y)
+        r = tree_sub(problem.b, problem.operator.mv(y))
         status = initial_status(jnp.asarray(self.valid))
         return _RelaxState(r, jnp.sqrt(dot(r, r)), jnp.array(1, jnp.int32), status)
 
     def step(self, problem, y, state):
         b, mv = problem.b, problem.operator.mv
-        y = y + self.solve_m(state.r)
+        y = tree_add(y, self.solve_m(state.r))
         k = 1
-        r = b - mv(y)
+        r = tree_sub(b, mv(y))
         if self.solve_m2 is not None:
-            y = y + self.solve_m2(r)
-            r = b - mv(y)
+            y = tree_add(y, self.solve_m2(r))
+            r = tree_sub(b, mv(y))
             k = 2
         return y, _RelaxState(r, jnp.sqrt(dot(r, r)), state.num_matvecs + k, state.status)
 
 
-class _DiagSolve(eqx.Module):
-    d: Array
+class DiagonalSolve(eqx.Module):
+    """`r -> r / d` leafwise (Jacobi's splitting and preconditioner), for any vector structure."""
+
+    d: Any
 
     def __call__(self, r):
-        return r / self.d
+        return jax.tree_util.tree_map(lambda ri, di: ri / di, r, self.d)
+
+
+def read_diagonal(operator: lx.AbstractLinearOperator, diagonal=None):
+    """`diagonal` as a vector shaped like the operator's, else the diagonal of `A` read with
+    `lineax.diagonal` (free for matrices and diagonal-tagged operators; one matvec per column
+    for a matvec callable), unflattened onto the operator's (possibly pytree) vectors."""
+    struct = operator.in_structure()
+    if diagonal is not None:
+        return jax.tree_util.tree_map(jnp.asarray, diagonal)
+    flat = lx.diagonal(operator)
+    _, unravel = tree_ravel(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), struct))
+    return unravel(flat)
 
 
 class _TriSolve(eqx.Module):
@@ -86,7 +103,7 @@ class _AbstractRelaxation(AbstractIterativeLinearSolver):
 
     def iteration(self, state, vector):
         operator, (m1, m2, valid) = state
-        tol = self.resolved_tol(vector.dtype)
+        tol = self.resolved_tol(tree_dtype(vector))
         return _RelaxIteration(tol, m1, m2, valid), LinearProblem(operator, vector)
 
     def transpose(self, state, options):
@@ -103,12 +120,13 @@ class Jacobi(_AbstractRelaxation):
 
     The error measure is the relative residual `‖b − Ax‖ / ‖b‖`. The diagonal is read with
     `lineax.diagonal` (pass `diagonal=` for a matvec callable to avoid materialising `A`).
+    Works on pytree vectors too (`diagonal=` then has the vector's structure).
 
     **Arguments:**
 
     - `tol`: tolerance on the relative residual (`None`: 1e-6 in float64, 1e-5 in float32).
     - `max_steps`: the largest number of sweeps.
-    - `diagonal`: the diagonal of `A` if known (shaped like `b`).
+    - `diagonal`: the diagonal of `A` if known (shaped like `b`, a pytree for pytree `b`).
 
     **Example:**
 
@@ -127,10 +145,7 @@ class Jacobi(_AbstractRelaxation):
     diagonal: Array | None = None
 
     def splitting(self, operator):
-        d = self.diagonal
-        if d is None:
-            d = lx.diagonal(operator).reshape(operator.in_structure().shape)
-        return _DiagSolve(jnp.asarray(d)), None, True
+        return DiagonalSolve(read_diagonal(operator, self.diagonal)), None, True
 
 
 class SOR(_AbstractRelaxation):
@@ -169,6 +184,7 @@ class SOR(_AbstractRelaxation):
         check_omega(self.omega, "SOR")
 
     def splitting(self, operator):
+        check_matrix_vectors(operator, "SOR")
         omega, valid = omega_and_valid(self.omega, operator.in_structure().dtype)
         if isinstance(operator, Stencil5):
             return StencilSweep.build(operator, omega, True), None, valid
@@ -209,6 +225,7 @@ class SSOR(_AbstractRelaxation):
         check_omega(self.omega, "SSOR")
 
     def splitting(self, operator):
+        check_matrix_vectors(operator, "SSOR")
         omega, valid = omega_and_valid(self.omega, operator.in_structure().dtype)
         if isinstance(operator, Stencil5):
             fwd = StencilSweep.build(operator, omega, True)

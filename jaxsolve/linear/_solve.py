@@ -6,22 +6,84 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
 from .._adjoint import ReportedSolver
 from .._checks import floats_to_arrays
 from .._iterate import apply_throw
 from .._solution import RESULTS, Solution
+from .._tree import (
+    check_vector_structure,
+    is_single_array,
+    same_vector_structure,
+    tree_ravel,
+    tree_sub,
+)
 from ._cg import CG
 from ._common import AbstractIterativeLinearSolver, dot, safe_norm_b
 
 
+def as_vector(b, name: str = "b"):
+    """`b` as a vector: an array (integers become floats), or a pytree of floating arrays
+    of one dtype; checked at trace time."""
+    leaves = jax.tree_util.tree_leaves(b)
+    if not leaves or not all(eqx.is_array_like(x) for x in leaves):
+        raise TypeError(
+            f"`{name}` must be an array or a pytree of arrays; got {type(b).__name__}"
+            f"{'' if leaves else ' with no array leaves'}."
+        )
+    if is_single_array(b):
+        b = jnp.asarray(b)
+        if not jnp.issubdtype(b.dtype, jnp.inexact):
+            b = b.astype(jnp.result_type(float))
+        if b.size == 0:
+            raise ValueError(f"`{name}` is empty (shape {b.shape}); there is no system to solve.")
+        return b
+    # Strongly typed leaves (`astype`): a weakly typed leaf would change type in the loop.
+    b = jax.tree_util.tree_map(lambda x: jnp.asarray(x).astype(jnp.asarray(x).dtype), b)
+    for leaf in jax.tree_util.tree_leaves(b):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(
+                f"The leaves of a pytree `{name}` must be floating-point arrays; got one of "
+                f"dtype {leaf.dtype}. Cast it (e.g. x.astype(jnp.float32))."
+            )
+    check_vector_structure(b, "js.linear.solve")
+    return b
+
+
+def _like_b(x0, b):
+    """The starting point `x0` in the structure, shapes and dtypes of `b` (checked)."""
+    if is_single_array(b):
+        x0 = jnp.asarray(x0, dtype=b.dtype)
+    if jax.tree_util.tree_structure(x0) != jax.tree_util.tree_structure(b):
+        raise ValueError(
+            f"`x0` must have the structure of `b`, {jax.tree_util.tree_structure(b)}; got "
+            f"{jax.tree_util.tree_structure(x0)}."
+        )
+
+    def leaf(x, y):
+        x = jnp.asarray(x, dtype=y.dtype)
+        if x.shape != y.shape:
+            raise ValueError(f"`x0` must have the shape of `b`, {y.shape}; got {x.shape}.")
+        return x
+
+    return jax.tree_util.tree_map(leaf, x0, b)
+
+
 def as_operator(A, b) -> lx.AbstractLinearOperator:
     """A square array, a lineax operator, or a matvec callable, as a lineax operator; shapes
-    are checked against `b` here, at trace time."""
+    and (pytree) structures are checked against `b` here, at trace time."""
+    pytree = not is_single_array(b)
     if isinstance(A, lx.AbstractLinearOperator):
         op = A
     elif eqx.is_array_like(A) and not callable(A):
+        if pytree:
+            raise TypeError(
+                "A matrix `A` acts on single-array vectors, but `b` is a pytree "
+                f"({jax.tree_util.tree_structure(b)}). Pass lx.PyTreeLinearOperator(matrix, "
+                "structure), a lineax operator, or a matvec callable on pytrees; or flatten "
+                "`b` with jax.flatten_util.ravel_pytree."
+            )
         A = jnp.asarray(A)
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(
@@ -38,13 +100,20 @@ def as_operator(A, b) -> lx.AbstractLinearOperator:
             "`A` must be a square array, a lineax operator, or a matvec callable v -> A v; "
             f"got {type(A).__name__}."
         )
-    if op.in_structure() != op.out_structure():
+    if not same_vector_structure(op.in_structure(), op.out_structure()):
         raise ValueError(
             "`A` must be square (same input and output structure); got "
             f"{op.in_structure()} -> {op.out_structure()}."
         )
     b_struct = jax.eval_shape(lambda: b)
     out = op.out_structure()
+    if pytree or not is_single_array(out):
+        if not same_vector_structure(out, b_struct):
+            raise ValueError(
+                f"`b` has the structure {b_struct} but `A` maps vectors of structure "
+                f"{op.in_structure()} to {out}; they must match (shapes and dtypes)."
+            )
+        return op
     if getattr(out, "shape", None) != b_struct.shape:
         raise ValueError(
             f"`b` has shape {b_struct.shape} but `A` maps vectors of shape "
@@ -52,6 +121,21 @@ def as_operator(A, b) -> lx.AbstractLinearOperator:
             f"{getattr(out, 'shape', out)}; they must match."
         )
     return op
+
+
+def flat_system(A, b, x0=None):
+    """`A x = b` on flat vectors, for the solvers that keep vectors as rows of a matrix
+    (RecycledCG's Ritz space, GCRO-DR's recycled space): `(operator, flat operator, flat b,
+    flat x0 (zeros when None), unravel)`; a grid or a pytree `b` is flattened (one dtype)."""
+    b = as_vector(b)
+    op = as_operator(A, b)
+    bf, unravel = tree_ravel(b)
+    mv = lambda v: tree_ravel(op.mv(unravel(v)))[0]
+    flat = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(bf.shape, bf.dtype))
+    x = jnp.zeros_like(bf) if x0 is None else tree_ravel(x0)[0].astype(bf.dtype)
+    if x.shape != bf.shape:
+        raise ValueError(f"`x0` must have the shape (structure) of `b`; got {x.size} entries.")
+    return op, flat, bf, x, unravel
 
 
 @eqx.filter_jit
@@ -65,7 +149,7 @@ def _solve(operator, b, solver, x0, throw):
     result = stats.pop("result", out.result)
     result = result if isinstance(result, RESULTS) else RESULTS.promote(result)
     if "error" not in stats:  # direct solvers: report the same error measure as the others
-        r = b - operator.mv(out.value)
+        r = tree_sub(b, operator.mv(out.value))
         stats["error"] = jax.lax.stop_gradient(jnp.sqrt(dot(r, r)) / safe_norm_b(b))
         stats.setdefault("num_steps", jnp.array(0, jnp.int32))
     sol = Solution(value=out.value, result=result, stats=stats)
@@ -73,11 +157,11 @@ def _solve(operator, b, solver, x0, throw):
 
 
 def solve(
-    A: Array | lx.AbstractLinearOperator | Callable[[Array], Array],
-    b: Array,
+    A: Array | lx.AbstractLinearOperator | Callable[[PyTree[Array]], PyTree[Array]],
+    b: PyTree[Array],
     solver: lx.AbstractLinearSolver = CG(),
     *,
-    x0: Array | None = None,
+    x0: PyTree[Array] | None = None,
     throw: bool = True,
 ) -> Solution:
     """Solve `A x = b`, differentiably.
@@ -95,9 +179,14 @@ def solve(
 
     **Arguments:**
 
-    - `A`: a square matrix, a `lineax.AbstractLinearOperator`, or a callable `v -> A v`
-      (matrix-free; `v` has the shape of `b`, which may be a grid).
-    - `b`: the right-hand side, an array.
+    - `A`: a square matrix, a `lineax.AbstractLinearOperator` (e.g.
+      `lx.PyTreeLinearOperator`, or `lx.FunctionLinearOperator` with a pytree input
+      structure), or a callable `v -> A v` (matrix-free; `v` has the shape of `b`, which may
+      be a grid, or its structure when `b` is a pytree).
+    - `b`: the right-hand side: an array, or a pytree of arrays of one floating dtype (then
+      `A` is an operator or a matvec on such pytrees; CG, GMRES, BiCGStab, FlexibleCG, Jacobi,
+      the Jacobi preconditioner and lineax's solvers accept them; SOR, SSOR and the SSOR
+      preconditioner sweep a matrix and refuse them).
     - `solver`: `js.linear.CG` (default; symmetric positive definite `A`), `GMRES`,
       `BiCGStab`, `Jacobi`, `SOR`, `SSOR`, or any lineax solver (`lx.LU()`, `lx.Cholesky()`,
       `lx.QR()`, ...).
@@ -107,6 +196,7 @@ def solve(
 
     **Returns:** a `js.Solution` with `value` (the solution `x`), `result`, and `stats`
     (`num_steps`, `error` = `‖b − Ax‖/‖b‖`, and `num_matvecs` for jaxsolve's iterative solvers).
+    For a pytree `b`, `value` has its structure and `‖·‖` is the norm of all leaves together.
 
     **Example:**
 
@@ -123,6 +213,11 @@ def solve(
     loss = lambda t: js.linear.solve(lambda v: A @ v + t * v, b).value.sum()
     ref = lambda t: jnp.linalg.solve(A + t * jnp.eye(2), b).sum()
     assert jnp.allclose(jax.grad(loss)(0.5), jax.grad(ref)(0.5), atol=1e-5)
+
+    # pytree vectors: a matvec on dicts
+    mv = lambda v: {"u": 2.0 * v["u"] + v["w"][:1], "w": v["w"] + jnp.pad(v["u"], (0, 1))}
+    x = js.linear.solve(mv, {"u": jnp.ones(1), "w": jnp.ones(2)}, js.linear.GMRES(tol=1e-10)).value
+    assert jnp.allclose(mv(x)["w"], 1.0, atol=1e-8)
     ```
     """
     if not isinstance(solver, lx.AbstractLinearSolver):
@@ -130,19 +225,11 @@ def solve(
             "`solver` must be a lineax solver, e.g. js.linear.CG(), js.linear.GMRES(), "
             f"js.linear.SOR(omega=1.5) or lx.LU(); got {type(solver).__name__}."
         )
-    if not eqx.is_array_like(b):
-        raise TypeError(f"`b` must be an array; got {type(b).__name__}.")
-    b = jnp.asarray(b)
-    if not jnp.issubdtype(b.dtype, jnp.inexact):
-        b = b.astype(jnp.result_type(float))
-    if b.size == 0:
-        raise ValueError(f"`b` is empty (shape {b.shape}); there is no system to solve.")
+    b = as_vector(b)
     operator = as_operator(A, b)
     if isinstance(solver, AbstractIterativeLinearSolver):
         # Python floats (tol, omega) become arrays: new values never recompile.
         solver = floats_to_arrays(solver)
     if x0 is not None:
-        x0 = jnp.asarray(x0, dtype=b.dtype)
-        if x0.shape != b.shape:
-            raise ValueError(f"`x0` must have the shape of `b`, {b.shape}; got {x0.shape}.")
+        x0 = _like_b(x0, b)
     return _solve(operator, b, solver, x0, throw)
