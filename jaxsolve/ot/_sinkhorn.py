@@ -77,6 +77,9 @@ class Sinkhorn(AbstractOTSolver):
     grow (Schmitzer 2019): a sweep then costs two matrix–vector products instead of two
     passes of `exp` over `n × m`. If the kernel iteration ever produces a non-finite value
     the step is redone in the log domain, so stability is that of the log domain.
+    Kernel mode holds `K̃` and, on XLA's CPU backend only, its transpose as well (there
+    `K̃ᵀ u` is ~10× slower than `K̃ v`); on GPU/TPU it holds `K̃` alone (half the memory),
+    decided from `jax.default_backend()` at trace time.
 
     The marginal error is checked every `check_every` sweeps (one extra product each); each
     loop step does `check_every` sweeps (fewer in the last one if `max_steps` runs out).
