@@ -288,7 +288,7 @@ class PointCloud(AbstractGeometry):
             return eps * _scale(self.cost_matrix, self.relative_epsilon)
         n, m = self.shape
         total = self._map(lambda C, _: jnp.sum(C, axis=1), 1, jnp.zeros(n, self.dtype))
-        return eps * jnp.sum(total) / (n * m)
+        return eps * (jnp.sum(total) / n) / m  # n·m can overflow int32
 
     # Block machinery: `fn(C_block, side_block)` for row blocks (axis=1, C_block (bs, m)) or
     # column blocks (axis=0, C_block (n, bs)); outputs are concatenated along the block axis.
@@ -361,4 +361,4 @@ def mean_cost(geom: AbstractGeometry):
         return jnp.mean(geom.cost_matrix)
     n, m = geom.shape
     rows = geom._map(lambda C, _: jnp.sum(C, axis=1), 1, jnp.zeros(n, geom.dtype))  # type: ignore[attr-defined]
-    return jnp.sum(rows) / (n * m)
+    return (jnp.sum(rows) / n) / m  # n·m (1e10 at n = m = 1e5) overflows int32

@@ -13,8 +13,10 @@ with `ρ = ε τ/(1 − τ)` (`τ = 1`: that marginal is a hard constraint). Poi
 have their potential set to 0 and are masked out of the plan.
 """
 
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -22,6 +24,7 @@ from jaxtyping import Array
 
 from .._problem import HESSIAN_TAGS, AbstractProblem, default_tol
 from .._solution import RESULTS
+from ..linear import CG
 from ._geometry import AbstractGeometry
 
 
@@ -49,6 +52,63 @@ def _dense_marginals_jvp(primals, tangents):
     dr = (r * df + P @ dg - jnp.sum(PdC, axis=1)) / eps - deps * jnp.sum(Pz, axis=1) / eps**2
     dc = (df @ P + c * dg - jnp.sum(PdC, axis=0)) / eps - deps * jnp.sum(Pz, axis=0) / eps**2
     return (r, c), (dr, dc)
+
+
+# The most iterations of the implicit derivative's linear solve (`js.linear.CG`; its
+# tolerance is in `OTProblem.adjoint_solver`).
+ADJOINT_MAX_STEPS = 2000
+
+
+class _OnFlatVectors(lx.AbstractLinearSolver):
+    """A lineax solver for flat vectors (`js.linear.CG`) run on the `(f, g)` operator of the
+    implicit derivative: vectors are concatenated on the way in and split on the way out.
+    The operator is symmetric (the OT Jacobian), so the transpose is the operator itself."""
+
+    solver: lx.AbstractLinearSolver
+
+    def init(self, operator, options):
+        leaves, treedef = jax.tree_util.tree_flatten(operator.in_structure())
+        layout = _Layout(treedef, tuple(leaf.shape for leaf in leaves))
+        struct = jax.ShapeDtypeStruct((layout.size,), jnp.result_type(*leaves))
+        flat = lx.FunctionLinearOperator(
+            lambda v: _join(operator.mv(layout.split(v))), struct, tags=HESSIAN_TAGS
+        )
+        return self.solver.init(flat, options), layout
+
+    def compute(self, state, vector, options):
+        inner, layout = state
+        value, result, stats = self.solver.compute(inner, _join(vector), options)
+        return layout.split(value), result, stats
+
+    def transpose(self, state, options):
+        return state, options
+
+    def conj(self, state, options):
+        return state, options
+
+    def assume_full_rank(self):
+        return True
+
+
+def _join(tree):
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+
+class _Layout(eqx.Module):
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple = eqx.field(static=True)
+
+    @property
+    def size(self):
+        return sum(math.prod(s) for s in self.shapes)
+
+    def split(self, v):
+        parts, start = [], 0
+        for shape in self.shapes:
+            k = math.prod(shape)
+            parts.append(v[start : start + k].reshape(shape))
+            start += k
+        return jax.tree_util.tree_unflatten(self.treedef, parts)
 
 
 class OTProblem(AbstractProblem):
@@ -104,11 +164,15 @@ class OTProblem(AbstractProblem):
         return ot_optimality(y, self)
 
     def adjoint_solver(self, y) -> lx.AbstractLinearSolver:
-        """Matrix-free CG (the Jacobian of `optimality` is symmetric positive definite), to a
-        tolerance the dtype reaches."""
-        if jnp.finfo(self.a.dtype).bits <= 32:
-            return lx.CG(rtol=1e-6, atol=1e-9, max_steps=2000)
-        return lx.CG(rtol=1e-10, atol=1e-14, max_steps=5000)
+        """Matrix-free CG (`js.linear.CG`: the Jacobian of `optimality` is symmetric positive
+        definite) to a relative residual the dtype reaches: 1e-5 in float32, 1e-10 in
+        float64. Not lineax's CG: its breakdown test compares `pᵀAp` with
+        `100·n·eps_mach·rᵀr` in absolute terms, and the OT Jacobian's eigenvalues are of
+        order `1/(n ε)` (and its condition grows as ε falls), so in float32 every solve
+        with a few hundred points was declared a breakdown (NaN); jaxsolve's CG stops only
+        on a curvature `pᵀAp ≤ 0`."""
+        tol = default_tol(self.a.dtype, 1e-10, 1e-5)
+        return _OnFlatVectors(CG(tol=tol, max_steps=ADJOINT_MAX_STEPS))
 
     def invalid(self):
         """`(bad_values, nonfinite_cost)`: negative/NaN weights or zero mass, unequal masses

@@ -34,7 +34,7 @@ from ._base import AbstractOTSolver
 from ._epsilon_scaling import EpsilonScaling
 from ._geometry import mean_cost
 from ._problem import OTProblem
-from ._sinkhorn import Sinkhorn
+from ._sinkhorn import Sinkhorn, t_matvec, transposed
 
 _CHECK_EVERY = 10  # sweeps per loop step of the warm-up (its marginal error is checked)
 _NEWTON, _SWEEP = 1, 2  # the Newton phase's two kinds of step (0: warm-up)
@@ -76,11 +76,6 @@ def _sweep(f, g, problem):
     sweeper = Sinkhorn(epsilon_scaling=None, acceleration=None)
     f, g, err, _ = sweeper._log_sweeps(problem, f, g, problem.epsilon, 1.0, None, False, count=1)
     return f, g, jnp.where(jnp.isfinite(err), err, jnp.inf)
-
-
-def _transpose(x):
-    # An explicit copy (not a lazy transpose that XLA may fold into the product).
-    return jax.lax.optimization_barrier(x.T)
 
 
 def _kth_thresholds(logp, kr, kc, iters=8, span=40.0):
@@ -315,13 +310,14 @@ class SparseNewton(AbstractOTSolver):
         s_diag = diag_g - jnp.sum(pk * pk * inv_f[:, None], axis=0)
         s_diag = jnp.maximum(s_diag, ridge)
 
-        # The transpose is stored: XLA's CPU product with `pk.T` is several times slower.
-        pkt = _transpose(pk)
+        # The transpose is stored on CPU, where the product with `pk.T` is several times
+        # slower (`stores_transpose`); elsewhere it is not (half the memory).
+        pkt = transposed(pk)
 
         def schur(v):
-            return diag_g * v - pkt @ (inv_f * (pk @ v))
+            return diag_g * v - t_matvec(pk, pkt, inv_f * (pk @ v))
 
-        rhs_s = rg - pkt @ (inv_f * rf)
+        rhs_s = rg - t_matvec(pk, pkt, inv_f * rf)
         # Inexact Newton (forcing term η = min(0.1, ‖∇L‖₁), which keeps the local quadratic
         # convergence): solve to that relative residual, never tighter than `cg_tol`.
         gnorm = jnp.sum(jnp.abs(grad[0])) + jnp.sum(jnp.abs(grad[1]))
