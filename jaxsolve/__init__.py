@@ -1,6 +1,6 @@
 """jaxsolve: differentiable solvers in JAX."""
 
-from . import bilevel as bilevel, linear as linear, ot as ot
+from . import bilevel as bilevel, linear as linear, ot as ot, qp as qp
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
