@@ -60,7 +60,8 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     - `rho`: the initial penalty ρ (default 0.1); `sigma`: the proximal term σ (1e-6);
       `alpha`: the relaxation (1.6).
     - `adaptive_rho`: adapt ρ (OSQP's rule) at each check (default True).
-    - `polish`: try polishing at each check (dense `Q` only; default True).
+    - `polish`: try polishing at each check (dense `Q` only; default True; may be a traced
+      bool).
     - `check_every`: ADMM iterations between checks (a static int, default 10).
     - `infeasibility_tol`: tolerance of the infeasibility certificates (`None`: 1e-6 in
       float64, 1e-4 in float32).
@@ -83,7 +84,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     sigma: float | Array = 1e-6
     alpha: float | Array = 1.6
     adaptive_rho: bool = eqx.field(static=True, default=True)
-    polish: bool = eqx.field(static=True, default=True)
+    polish: bool | Array = True
     check_every: int = eqx.field(static=True, default=10)
     infeasibility_tol: float | Array | None = None
     cg_max_steps: int = eqx.field(static=True, default=50)
@@ -118,7 +119,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         op = lx.FunctionLinearOperator(
             mv, jax.eval_shape(lambda: rhs), tags=lx.positive_semidefinite_tag
         )
-        tol = 1e-10 if jnp.finfo(rhs.dtype).bits > 32 else 1e-6
+        tol = 1e-12 if jnp.finfo(rhs.dtype).bits > 32 else 1e-6
         cg = CG(tol=tol, max_steps=self.cg_max_steps)
         return lx.linear_solve(op, rhs, cg, options={"y0": x0}, throw=False).value
 
@@ -129,14 +130,16 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         lo, up = problem.bounds()
         rho = jnp.asarray(self.rho, problem.c.dtype)
         z = jnp.clip(problem.cmv(x), lo, up)
-        factor = self._factorise(problem, rho) if problem.dense else None
+        # The first step factorises (one Cholesky in the compiled program, not two).
+        n, dtype = problem.n, problem.c.dtype
+        factor = jnp.zeros((n, n), dtype) if problem.dense else None
         err = problem.kkt_error(x, y)
         inf = jnp.asarray(jnp.inf, err.dtype)
         return _ADMMState(
             z=z,
             rho=rho,
             factor=factor,
-            refactor=jnp.array(False),
+            refactor=jnp.array(problem.dense),
             err=err,
             best=(x, y),
             best_err=inf,
@@ -205,8 +208,8 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
 
         # Polishing on the guessed active set.
         best, best_err, num_polished = state.best, state.best_err, state.num_polished
-        if self.polish and problem.dense:
-            trigger = (err < 1e-2) & (state.best_err > self.tol)
+        if problem.dense:
+            trigger = jnp.asarray(self.polish) & (err < 1e-2) & (state.best_err > self.tol)
             cand = jax.lax.cond(trigger, lambda: _polish(problem, x, z, y), lambda: best)
             cand_err = jnp.where(trigger, problem.kkt_error(*cand), jnp.inf)
             better = cand_err < best_err

@@ -12,7 +12,7 @@ from .._checks import check_max_steps, check_tol, floats_to_arrays
 from .._solution import Solution
 from .._solve import iterative_solve, with_tol
 from ._admm import ADMM
-from ._problem import QPProblem, check_shapes
+from ._problem import FiniteOutput, QPProblem, check_shapes
 
 
 class QPSolution(Solution):
@@ -101,7 +101,9 @@ def solve(
     - `lower`, `upper`: bounds, scalars or `(n,)`; `±inf` for free coordinates.
     - `solver`: `js.qp.ADMM(...)` (OSQP's algorithm; the default).
     - `init`: a previous `QPSolution` (warm start from its `x` and multipliers, e.g. for the
-      next QP of a sequence), an array `x0`, or `None` (zeros).
+      next QP of a sequence; its final ρ too), a pair `(x0, duals0)` or triple
+      `(x0, duals0, rho0)` (`duals0` stacked as `QPSolution.duals`: equalities,
+      inequalities, then bounds, upper positive), an array `x0`, or `None` (zeros).
     - `tol`: tolerance on the KKT error (relative primal, dual and complementarity residuals,
       ∞-norms); `None` takes the solver's, else 1e-8 in float64, 1e-4 in float32.
     - `max_steps`: the most ADMM iterations.
@@ -158,7 +160,9 @@ def solve(
     check_shapes(Qm, c, A, b, G, h, lower, upper)
     m = (0 if b is None else b.shape[0]) + (0 if h is None else h.shape[0])
     m = m + (0 if lower is None and upper is None else n)
-    x0, y0 = _initial_point(init, n, m, dtype)
+    x0, y0, rho0 = _initial_point(init, n, m, dtype)
+    if rho0 is not None:  # a warm start keeps the penalty the previous solve adapted to
+        solver = eqx.tree_at(lambda s: s.rho, solver, jnp.asarray(rho0, dtype))
     solver, tol = floats_to_arrays((solver, tol))
     return _solve(Qm, c, A, b, G, h, lower, upper, solver, x0, y0, tol, max_steps, adjoint, throw)
 
@@ -170,9 +174,18 @@ def _bound(v, dtype, name, n):
 
 def _initial_point(init, n, m, dtype):
     if init is None:
-        return jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)
+        return jnp.zeros((n,), dtype), jnp.zeros((m,), dtype), None
+    rho0 = None
     if isinstance(init, QPSolution):
-        x0, y0 = init.x, init.duals
+        x0, y0, rho0 = init.x, init.duals, init.stats["rho"]
+    elif isinstance(init, tuple):
+        if len(init) not in (2, 3):
+            raise ValueError(
+                "`init` as a tuple must be `(x0, duals0)` or `(x0, duals0, rho0)` (duals "
+                "stacked as in QPSolution.duals, rho0 as in its stats)."
+            )
+        x0, y0 = init[:2]
+        rho0 = init[2] if len(init) == 3 else None
     else:
         x0, y0 = init, jnp.zeros((m,), dtype)
     x0, y0 = jnp.asarray(x0, dtype), jnp.asarray(y0, dtype)
@@ -181,7 +194,7 @@ def _initial_point(init, n, m, dtype):
             f"`init` must be a QPSolution of a QP of the same shape or an array of shape ({n},); "
             f"got x of shape {x0.shape} and multipliers of shape {y0.shape} (expected ({m},))."
         )
-    return x0, y0
+    return x0, y0, rho0
 
 
 @eqx.filter_jit
@@ -190,6 +203,9 @@ def _solve(Q, c, A, b, G, h, lower, upper, solver, x0, y0, tol, max_steps, adjoi
         Q = eqx.filter_closure_convert(Q, x0)
     problem = QPProblem(Q, c, A, b, G, h, lower, upper)
     solver = with_tol(solver, tol, QPProblem.default_tol(c.dtype))
+    if isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver is not None and not throw:
+        # A failed member's KKT system may be singular: its derivative is zero, not an error.
+        adjoint = ImplicitAdjoint(FiniteOutput(adjoint.linear_solver))
     loop_steps = -(-max_steps // solver.check_every)
     sol = iterative_solve(
         problem,
