@@ -12,6 +12,13 @@ from ._iterate import (
     AbstractIterativeSolver as AbstractIterativeSolver,
     converged_by as converged_by,
 )
+from ._least_squares import (
+    AbstractLeastSquaresSolver as AbstractLeastSquaresSolver,
+    GaussNewton as GaussNewton,
+    LeastSquaresProblem as LeastSquaresProblem,
+    LevenbergMarquardt as LevenbergMarquardt,
+    least_squares as least_squares,
+)
 from ._minimise import (
     LBFGS as LBFGS,
     AbstractMinimiser as AbstractMinimiser,

@@ -111,12 +111,17 @@ class ReportedSolver(lx.AbstractLinearSolver):
 
     solver: lx.AbstractLinearSolver
     quiet: bool = eqx.field(static=True, default=True)
+    zero_nonfinite: bool = eqx.field(static=True, default=False)
 
     def init(self, operator, options):
         return self.solver.init(operator, options)
 
     def compute(self, state, vector, options):
         value, result, stats = self.solver.compute(state, vector, options)
+        if self.zero_nonfinite:
+            # lineax raises on a non-finite tangent/transpose solution whatever its result
+            # says; a failed member's derivative (NaN data, a singular Jacobian) is then zero.
+            value = jtu.tree_map(lambda v: jnp.where(jnp.isfinite(v), v, 0), value)
         # A solver that reports a more precise code itself (jaxsolve's linear solvers) keeps it.
         stats = {"result": result, **stats}
         return value, (lx.RESULTS.successful if self.quiet else result), stats
@@ -198,7 +203,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     def apply(self, fn_primal, fn_rewrite, inputs, tags, default_solver, throw):
         solver = default_solver if self.linear_solver is None else self.linear_solver
         if not throw:
-            solver = ReportedSolver(solver)
+            solver = ReportedSolver(solver, zero_nonfinite=True)
         return implicit_jvp(fn_primal, fn_rewrite, inputs, tags, solver)
 
 

@@ -6,38 +6,11 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jaxtyping import Array, Float
 
 from .._iterate import tree_all_finite
 from .._problem import AbstractProblem, default_tol, krylov_adjoint
 from .._solution import RESULTS
-
-
-class FiniteOutput(lx.AbstractLinearSolver):
-    """A lineax solver whose non-finite outputs become zeros. The KKT Jacobian of a failed QP
-    (NaN data, infeasible, unbounded) may be singular or non-finite; lineax raises on any
-    non-finite tangent or transpose solution regardless of `throw`, so with `throw=False`
-    (the failure is already in `sol.result`) the derivative of such a member is zero instead."""
-
-    solver: lx.AbstractLinearSolver
-
-    def init(self, operator, options):
-        return self.solver.init(operator, options)
-
-    def compute(self, state, vector, options):
-        value, result, stats = self.solver.compute(state, vector, options)
-        value = jax.tree_util.tree_map(lambda v: jnp.where(jnp.isfinite(v), v, 0.0), value)
-        return value, result, stats
-
-    def transpose(self, state, options):
-        return self.solver.transpose(state, options)
-
-    def conj(self, state, options):
-        return self.solver.conj(state, options)
-
-    def assume_full_rank(self):
-        return self.solver.assume_full_rank()
 
 
 def _inf_norm(v):
@@ -162,7 +135,7 @@ class QPProblem(AbstractProblem):
         return dual, primal
 
     def adjoint_solver(self, y):
-        return FiniteOutput(krylov_adjoint(y, symmetric=False))
+        return krylov_adjoint(y, symmetric=False)
 
     @staticmethod
     def default_tol(dtype) -> float:

@@ -12,7 +12,7 @@ from .._checks import check_max_steps, check_tol, floats_to_arrays
 from .._solution import Solution
 from .._solve import iterative_solve, with_tol
 from ._admm import ADMM
-from ._problem import FiniteOutput, QPProblem, check_shapes
+from ._problem import QPProblem, check_shapes
 
 
 class QPSolution(Solution):
@@ -203,9 +203,6 @@ def _solve(Q, c, A, b, G, h, lower, upper, solver, x0, y0, tol, max_steps, adjoi
         Q = eqx.filter_closure_convert(Q, x0)
     problem = QPProblem(Q, c, A, b, G, h, lower, upper)
     solver = with_tol(solver, tol, QPProblem.default_tol(c.dtype))
-    if isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver is not None and not throw:
-        # A failed member's KKT system may be singular: its derivative is zero, not an error.
-        adjoint = ImplicitAdjoint(FiniteOutput(adjoint.linear_solver))
     loop_steps = -(-max_steps // solver.check_every)
     sol = iterative_solve(
         problem,
