@@ -10,10 +10,10 @@ import jaxsolve as js
 
 def _public_objects():
     seen = {}
-    modules = [js] + [getattr(js, m) for m in ("ot", "linear", "bilevel") if hasattr(js, m)]
+    modules = [js] + [getattr(js, m) for m in ("ot", "linear", "bilevel", "qp") if hasattr(js, m)]
     for mod in modules:
         for name in getattr(mod, "__all__", None) or dir(mod):
-            if name.startswith("_") or name in ("ot", "linear", "bilevel"):
+            if name.startswith("_") or name in ("ot", "linear", "bilevel", "qp"):
                 continue
             obj = getattr(mod, name)
             if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):

@@ -10,7 +10,7 @@ import pytest
 
 HERE = pathlib.Path(__file__).parent
 # Files whose tests hold in both dtypes (tolerances chosen per dtype inside them).
-FILES = ["test_contract.py", "test_scale.py"]
+FILES = ["test_contract.py", "test_scale.py", "test_qp.py", "test_least_squares.py"]
 
 
 @pytest.mark.skipif(os.environ.get("JAXSOLVE_TEST_X64") == "0", reason="already the float32 pass")

@@ -73,9 +73,10 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    sol = js.qp.solve(jnp.eye(2), jnp.array([-1.0, -1.0]), upper=jnp.array([0.5, 2.0]),
-                      solver=js.qp.ADMM(rho=1.0))
-    assert jnp.allclose(sol.x, jnp.array([0.5, 1.0]))
+    Q, c = jnp.array([[2.0, 0.5], [0.5, 1.0]]), jnp.array([1.0, 1.0])
+    sol = js.qp.solve(Q, c, A=jnp.ones((1, 2)), b=jnp.array([1.0]), G=-jnp.eye(2),
+                      h=jnp.zeros(2), solver=js.qp.ADMM(rho=1.0, check_every=10))
+    assert jnp.allclose(sol.x, jnp.array([0.25, 0.75])) and sol.stats["polished"]
     ```
     """
 
@@ -247,7 +248,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
 
     def terminate(self, problem, xy, state):
         err = jnp.minimum(state.err, state.best_err)
-        converged = err <= self.tol
+        converged = err <= self.tol  # pyright: ignore[reportOperatorIssue]
         failed = state.status != RESULTS.successful
         finite = jnp.isfinite(state.err)
         done = converged | failed | ~finite

@@ -1,8 +1,7 @@
 """`QPProblem`: min ½xᵀQx + cᵀx s.t. Ax = b, Gx ≤ h, lower ≤ x ≤ upper, written once in the
 stacked form l ≤ Cx ≤ u (C = [A; G; I]) that the solver and the implicit derivative share."""
 
-from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ class QPProblem(AbstractProblem):
     ```
     """
 
-    Q: Float[Array, "n n"] | Callable
+    Q: Any  # a symmetric (n, n) matrix, or a closure-converted matvec
     c: Float[Array, " n"]
     A: Float[Array, "p n"]
     b: Float[Array, " p"]

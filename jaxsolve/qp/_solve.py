@@ -35,8 +35,11 @@ class QPSolution(Solution):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    sol = js.qp.solve(jnp.eye(2), jnp.zeros(2), A=jnp.ones((1, 2)), b=jnp.array([1.0]))
+    Q, c = jnp.eye(2), jnp.zeros(2)           # min ½‖x‖² s.t. x0 + x1 = 1, x >= 0
+    sol = js.qp.solve(Q, c, A=jnp.ones((1, 2)), b=jnp.array([1.0]), G=-jnp.eye(2),
+                      h=jnp.zeros(2))
     assert jnp.allclose(sol.x, 0.5) and jnp.allclose(sol.dual_eq, -0.5)
+    assert jnp.allclose(sol.dual_ineq, 0.0)   # the bounds x >= 0 are inactive
     ```
     """
 
@@ -52,7 +55,7 @@ class QPSolution(Solution):
         return self.value
 
 
-def _as_float(v, dtype, name):
+def _as_float(v, dtype, name) -> Any:
     if v is None:
         return None
     if not eqx.is_array_like(v):
@@ -152,7 +155,7 @@ def solve(
         if v is not None and jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
     ]
     dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
-    c = _as_float(c0, dtype, "c")
+    c = jnp.asarray(c0, dtype)
     n = c.shape[0] if c.ndim == 1 else -1
     Qm = Q if callable(Q) else _as_float(Q, dtype, "Q")
     A, b, G, h = (_as_float(v, dtype, k) for v, k in ((A, "A"), (b, "b"), (G, "G"), (h, "h")))
