@@ -221,7 +221,10 @@ def gradient_section(rng):
     # time of value+gradient vs value alone
     vg = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(8))))
     t = compare_times({"value": loss_j, "value+grad": vg}, *data, repeats=15)
-    note = f"value {1e3 * t['value']:.2f} ms, value and gradient w.r.t. all 8 inputs {1e3 * t['value+grad']:.2f} ms"
+    note = (
+        f"value {1e3 * t['value']:.2f} ms, value and gradient w.r.t. all 8 inputs "
+        f"{1e3 * t['value+grad']:.2f} ms"
+    )
     return markdown_table(
         ["input θ", "implicit dθ·∇", "finite difference", "relative gap"], rows
     ), note

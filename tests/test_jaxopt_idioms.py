@@ -30,30 +30,43 @@ def closed_form_jacobian(l2reg):  # d/dl2reg (X'X/n + l I)^-1 X'y/n = -(X'X/n + 
     return -jnp.linalg.solve(H, jnp.linalg.solve(H, X.T @ Y / n))
 
 
-def test_init_none_positional():
-    J = jax.jit(jax.jacobian(ridge_solver, argnums=1))(None, 0.3, X, Y)
-    assert jnp.allclose(J, closed_form_jacobian(0.3), atol=1e-10)
+@js.custom_root(jax.grad(ridge_objective), has_aux=True)
+def ridge_solver_aux(init_params, l2reg, X, y):
+    w = ridge_solver(None, l2reg, X, y)
+    return w, {"norm": jnp.linalg.norm(w)}
 
 
-def test_keyword_arguments_and_init_by_keyword():
-    f = lambda lam: ridge_solver(init_params=None, l2reg=lam, X=X, y=Y)
-    both = jax.jit(lambda lam: (jax.jacrev(f)(lam), jax.jacfwd(f)(lam)))(0.3)
-    for J in both:
-        assert jnp.allclose(J, closed_form_jacobian(0.3), atol=1e-10)
-    # a keyword array argument is differentiated too: d w / d y = (X'X/n + l I)^-1 X'/n
-    g = jax.jit(jax.jacobian(lambda y: ridge_solver(None, 0.3, X, y=y)))(Y)
-    H = X.T @ X / 8 + 0.3 * jnp.eye(3)
-    assert jnp.allclose(g, jnp.linalg.solve(H, X.T / 8), atol=1e-10)
+@jax.jit
+def _derivatives(lam, y):
+    """Every idiom in one compiled program (compilation dominates these tiny solves)."""
+    by_keyword = lambda lam: ridge_solver(init_params=None, l2reg=lam, X=X, y=y)
+    return {
+        "positional None": jax.jacobian(ridge_solver, argnums=1)(None, lam, X, y),
+        "keywords, reverse": jax.jacrev(by_keyword)(lam),
+        "keywords, forward": jax.jacfwd(by_keyword)(lam),
+        "has_aux": jax.jacobian(lambda lam: ridge_solver_aux(None, lam, X, y)[0])(lam),
+        # a keyword array argument is differentiated too
+        "d/dy by keyword": jax.jacobian(lambda y: ridge_solver(None, lam, X, y=y))(y),
+    }
 
 
-def test_jitted_and_has_aux():
-    @js.custom_root(jax.grad(ridge_objective), has_aux=True)
-    def solver_aux(init_params, l2reg, X, y):
-        w = ridge_solver(None, l2reg, X, y)
-        return w, {"norm": jnp.linalg.norm(w)}
+def test_init_none_keywords_and_has_aux():
+    out = _derivatives(0.3, Y)
+    for name in ("positional None", "keywords, reverse", "keywords, forward", "has_aux"):
+        assert jnp.allclose(out[name], closed_form_jacobian(0.3), atol=1e-10), name
+    H = X.T @ X / 8 + 0.3 * jnp.eye(3)  # d w / d y = (X'X/n + l I)^-1 X'/n
+    assert jnp.allclose(out["d/dy by keyword"], jnp.linalg.solve(H, X.T / 8), atol=1e-10)
 
-    J = jax.jit(jax.jacobian(lambda lam: solver_aux(None, lam, X, Y)[0]))(0.3)
-    assert jnp.allclose(J, closed_form_jacobian(0.3), atol=1e-10)
+
+def test_solver_without_init_argument_raises():
+    import pytest
+
+    @js.custom_root(jax.grad(ridge_objective))
+    def solver(l2reg=1.0):
+        return jnp.zeros(3)
+
+    with pytest.raises(TypeError, match="first argument"):
+        solver()
 
 
 def test_custom_fixed_point_with_init_none():

@@ -104,6 +104,9 @@ def test_forward_and_reverse_agree(batch):
         assert np.allclose(jac[0] @ jnp.asarray(DIR, DT), jvp[0], atol=tol, rtol=tol)
 
 
+@pytest.mark.skipif(
+    not X64, reason="one compilation less in the float32 pass; the batch covers float32"
+)
 def test_linear_least_squares_closed_form():
     X = np.random.default_rng(1).normal(size=(6, 3))
     t = np.random.default_rng(2).normal(size=6)
