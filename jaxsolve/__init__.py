@@ -6,6 +6,7 @@ from . import (
     ot as ot,
     projections as projections,
     prox as prox,
+    qp as qp,
 )
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
@@ -24,6 +25,13 @@ from ._constrained import (
 from ._iterate import (
     AbstractIterativeSolver as AbstractIterativeSolver,
     converged_by as converged_by,
+)
+from ._least_squares import (
+    AbstractLeastSquaresSolver as AbstractLeastSquaresSolver,
+    GaussNewton as GaussNewton,
+    LeastSquaresProblem as LeastSquaresProblem,
+    LevenbergMarquardt as LevenbergMarquardt,
+    least_squares as least_squares,
 )
 from ._minimise import (
     LBFGS as LBFGS,

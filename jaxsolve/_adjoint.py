@@ -12,6 +12,7 @@ iterations; `custom_root` and `custom_fixed_point` put the same rule around a us
 
 import abc
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from ._checks import floats_to_arrays
-from ._iterate import LoopKind, tree_all_finite
+from ._iterate import LoopKind
 
 
 def _is_none(x):
@@ -56,10 +57,6 @@ def _implicit_impl_jvp(primals, tangents, *, fn_primal, fn_rewrite, tags, linear
     diff, static = eqx.partition(inputs, mask)
     t_diff = eqx.filter(t_inputs, mask, is_leaf=_is_none)
     _, rhs = jax.jvp(lambda d: fn_rewrite(root, eqx.combine(d, static)), (diff,), (t_diff,))
-    if isinstance(linear_solver, ReportedSolver):
-        linear_solver = ReportedSolver(
-            linear_solver.solver, linear_solver.quiet, tree_all_finite(root)
-        )
     t_root = lx.linear_solve(operator, rhs, linear_solver, throw=False).value
     t_root = jtu.tree_map(jnp.negative, t_root)
     return (root, residual), (t_root, t_residual)
@@ -115,21 +112,21 @@ class ReportedSolver(lx.AbstractLinearSolver):
 
     solver: lx.AbstractLinearSolver
     quiet: bool = eqx.field(static=True, default=True)
-    # Whether the solution being differentiated is finite. A NaN/inf solution (its solve already
-    # reports `nonfinite`) makes the Jacobian NaN, and lineax raises on the NaN output of a
-    # derivative solve whatever it is told: when quiet, such a solve returns zeros instead.
-    root_finite: Array | bool = True
+    zero_nonfinite: bool = eqx.field(static=True, default=False)
 
     def init(self, operator, options):
         return self.solver.init(operator, options)
 
     def compute(self, state, vector, options):
         value, result, stats = self.solver.compute(state, vector, options)
+        if self.zero_nonfinite:
+            # lineax raises on a non-finite tangent/transpose solution whatever its result
+            # says; a failed member's derivative (NaN data, a singular Jacobian) is then zero.
+            value = jtu.tree_map(lambda v: jnp.where(jnp.isfinite(v), v, 0), value)
         # A solver that reports a more precise code itself (jaxsolve's linear solvers) keeps it.
         stats = {"result": result, **stats}
         if not self.quiet:
             return value, result, stats
-        value = jtu.tree_map(lambda v: jnp.where(self.root_finite, v, 0), value)
         return value, lx.RESULTS.successful, stats
 
     def transpose(self, state, options):
@@ -209,7 +206,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     def apply(self, fn_primal, fn_rewrite, inputs, tags, default_solver, throw):
         solver = default_solver if self.linear_solver is None else self.linear_solver
         if not throw:
-            solver = ReportedSolver(solver)
+            solver = ReportedSolver(solver, zero_nonfinite=True)
         return implicit_jvp(fn_primal, fn_rewrite, inputs, tags, solver)
 
 
@@ -291,6 +288,12 @@ def custom_root(
     - `has_aux`: the solver returns `(y, aux)`; `aux` gets no derivative.
     - `tags`: lineax tags describing `∂F/∂y` (e.g. `lx.positive_semidefinite_tag` for CG).
 
+    As in JAXopt's `@implicit_diff.custom_root(optimality_fun)`, the decorated solver may
+    take keyword arguments (`solver(init, *args, **kwargs)`, passed on to
+    `optimality_fn(y, *args, **kwargs)` too, and differentiated like `args`), and may ignore
+    its `init` and be called with `init=None`: then the solution's structure is found by
+    tracing the solver once (`jax.eval_shape`).
+
     **Example:**
 
     ```python
@@ -317,19 +320,37 @@ def custom_root(
         if not callable(solver):
             raise TypeError(f"custom_root decorates a callable; got {type(solver).__name__}.")
 
+        try:
+            first = next(iter(inspect.signature(solver).parameters), None)
+        except (TypeError, ValueError):
+            first = None
+
         @functools.wraps(solver)
-        def wrapped(init, *args):
+        def wrapped(*args, **kwargs):
+            if args:
+                init, args = args[0], args[1:]
+            elif first is not None and first in kwargs:  # solver(init_params=None, ...)
+                init = kwargs.pop(first)
+            else:
+                raise TypeError(
+                    "A custom_root solver takes the initial point (or None) as its first "
+                    "argument: solver(init, *args, **kwargs)."
+                )
             # Hoist arrays closed over by the optimality function into explicit inputs, so
             # that they are differentiated too.
             init = jtu.tree_map(jnp.asarray, init)
-            args = floats_to_arrays(args)
-            closed_opt = eqx.filter_closure_convert(optimality_fn, init, *args)
+            args, kwargs = floats_to_arrays((args, kwargs))
+            # A solver that ignores its `init` (JAXopt's idiom: called with None) tells the
+            # solution's structure by its output's shape.
+            like = init if init is not None else _solution_like(solver, args, kwargs, has_aux)
+            closed_opt = eqx.filter_closure_convert(optimality_fn, like, *args, **kwargs)
 
-            closed_solver = _closure_convert_if_traceable(solver, init, args)
+            closed_solver = _closure_convert_if_traceable(solver, init, args, kwargs)
 
             def fn_primal(inputs):
-                _, solver_, init_, args_ = inputs
-                out = solver_(init_, *floats_to_arrays(args_))
+                _, solver_, init_, (args_, kwargs_) = inputs
+                args_, kwargs_ = floats_to_arrays((args_, kwargs_))
+                out = solver_(init_, *args_, **kwargs_)
                 if has_aux:
                     if not (isinstance(out, tuple) and len(out) == 2):
                         raise TypeError(
@@ -339,8 +360,9 @@ def custom_root(
                 return out, None
 
             def fn_rewrite(y, inputs):
-                opt, _, _, args_ = inputs
-                return opt(y, *floats_to_arrays(args_))
+                opt, _, _, (args_, kwargs_) = inputs
+                args_, kwargs_ = floats_to_arrays((args_, kwargs_))
+                return opt(y, *args_, **kwargs_)
 
             # The solver's own constants (and `init`) carry no derivative: by the implicit
             # function theorem the root depends on them only through the optimality function.
@@ -348,7 +370,7 @@ def custom_root(
                 closed_opt,
                 _stop_gradient(closed_solver),
                 jax.lax.stop_gradient(init),
-                args,
+                (args, kwargs),
             )
             root, aux = implicit_jvp(fn_primal, fn_rewrite, inputs, tags, linear_solver)
             return (root, aux) if has_aux else root
@@ -366,14 +388,29 @@ _UNTRACEABLE = (
 )
 
 
-def _closure_convert_if_traceable(solver, init, args):
+def _closure_convert_if_traceable(solver, init, args, kwargs):
     # Arrays the solver closes over become leaves (so an outer transformation's tracers don't
     # leak into the custom_jvp). A solver with Python control flow on values cannot be traced:
     # it is called as it is, which works eagerly (e.g. under `jax.grad` without `jit`).
     try:
-        return eqx.filter_closure_convert(solver, init, *args)
+        return eqx.filter_closure_convert(solver, init, *args, **kwargs)
     except _UNTRACEABLE:
         return solver
+
+
+def _solution_like(solver, args, kwargs, has_aux):
+    """Zeros shaped like the solution of `solver(None, *args, **kwargs)` (found by tracing)."""
+    try:
+        out = jax.eval_shape(lambda: solver(None, *args, **kwargs))
+    except _UNTRACEABLE as e:
+        raise TypeError(
+            "custom_root: the solver was called with init=None, so the solution's shape must "
+            "come from tracing the solver (jax.eval_shape), which failed: it has Python control "
+            "flow on array values. Pass an `init` shaped like the solution instead."
+        ) from e
+    if has_aux:
+        out = out[0]
+    return jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out)
 
 
 def custom_fixed_point(
@@ -416,7 +453,7 @@ def custom_fixed_point(
     if not callable(fixed_point_fn):
         raise TypeError(f"`fixed_point_fn` must be callable; got {type(fixed_point_fn).__name__}.")
 
-    def optimality(y, *args):
-        return jtu.tree_map(jnp.subtract, y, fixed_point_fn(y, *args))
+    def optimality(y, *args, **kwargs):
+        return jtu.tree_map(jnp.subtract, y, fixed_point_fn(y, *args, **kwargs))
 
     return custom_root(optimality, linear_solver=linear_solver, has_aux=has_aux)

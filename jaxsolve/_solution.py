@@ -75,6 +75,22 @@ class RESULTS(lx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "Loosen `tol`, solve in float64, or precondition the system."
     )
 
+    primal_infeasible = (
+        "The constraints cannot all hold: the problem is primal infeasible (for a QP: no x "
+        "satisfies Ax = b, Gx <= h and lower <= x <= upper, e.g. some lower > upper). Check "
+        "the constraint data; `sol.dual_*` hold the certificate."
+    )
+    dual_infeasible = (
+        "The objective is unbounded below on the feasible set (dual infeasible): for a QP, a "
+        "direction d with Qd = 0, cᵀd < 0 keeps every constraint. Add bounds or constraints, "
+        "or check the signs of Q and c."
+    )
+    nonconvex = (
+        "The quadratic term is not positive semidefinite, so the problem is not convex and "
+        "has no well-defined global solution for this solver. Check Q (it must be "
+        "symmetric positive semidefinite; only its symmetric part counts)."
+    )
+
 
 class Solution(eqx.Module):
     """What a jaxsolve solver returns; every family's output is a subclass.

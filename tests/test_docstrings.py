@@ -10,12 +10,11 @@ import jaxsolve as js
 
 def _public_objects():
     seen = {}
-    modules = [js] + [
-        getattr(js, m) for m in ("ot", "linear", "bilevel", "projections", "prox") if hasattr(js, m)
-    ]
+    subpackages = ("ot", "linear", "bilevel", "projections", "prox", "qp")
+    modules = [js] + [getattr(js, m) for m in subpackages if hasattr(js, m)]
     for mod in modules:
         for name in getattr(mod, "__all__", None) or dir(mod):
-            if name.startswith("_") or name in ("ot", "linear", "bilevel", "projections", "prox"):
+            if name.startswith("_") or name in subpackages:
                 continue
             obj = getattr(mod, name)
             if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):

@@ -17,6 +17,8 @@ FILES = [
     "test_constrained.py",
     "test_linear_pytree.py",
     "test_bilevel_closures.py",
+    "test_qp.py",
+    "test_least_squares.py",
 ]
 
 
