@@ -305,6 +305,10 @@ class PointCloud(AbstractGeometry):
         pts_b = pts_p.reshape((nb, bs) + pts.shape[1:])
         side_b = side_p.reshape((nb, bs) + side.shape[1:])
 
+        # Checkpointed: a derivative (the implicit adjoint's linearisation, a vjp in the points)
+        # keeps only each block's inputs and recomputes the block, so it stays O((n + m)·batch)
+        # in memory instead of storing every block's n × m residuals.
+        @jax.checkpoint
         def one(args):
             pb, sb = args
             C = (
