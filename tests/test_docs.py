@@ -7,10 +7,10 @@
 """
 
 import importlib
+import importlib.util
 import inspect
 import json
 import pathlib
-import sys
 
 import pytest
 
@@ -18,10 +18,10 @@ import jaxsolve as js
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-sys.path.insert(0, str(DOCS))
-import hooks  # noqa: E402  (docs/hooks.py: the API pages' expansion, no mkdocs import)
-
-sys.path.remove(str(DOCS))
+# docs/hooks.py (the API pages' expansion; imports no mkdocs), under a name of its own
+_spec = importlib.util.spec_from_file_location("jaxsolve_docs_hooks", DOCS / "hooks.py")
+hooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hooks)
 
 
 def _exported(module) -> set[str]:
