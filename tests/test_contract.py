@@ -105,6 +105,37 @@ def _hypergradient(estimator, **kw):
     return solve
 
 
+def _qp(solver):
+    def solve(data, throw):
+        # min ½yᵀAy − bᵀy s.t. Σy = 1, y0 − y1 ≤ 0.5, −1 ≤ y ≤ 1 (feasible: y = 1/N)
+        A, b = data
+        G, h = jnp.eye(N)[:1] - jnp.eye(N)[1:2], jnp.array([0.5])
+        ones = jnp.ones((1, N))
+        return js.qp.solve(
+            A,
+            -b,
+            A=ones,
+            b=jnp.ones(1),
+            G=G,
+            h=h,
+            lower=-1.0,
+            upper=1.0,
+            solver=solver,
+            throw=throw,
+        )
+
+    return solve
+
+
+def _least_squares(solver):
+    def solve(data, throw):
+        A, b = data
+        fn = lambda y, d: d[0] @ y + 0.1 * jnp.tanh(y) - d[1]
+        return js.least_squares(fn, jnp.zeros(N), data, solver=solver, throw=throw)
+
+    return solve
+
+
 def _value(sol):
     # For a hypergradient: its outer loss (differentiable through the inner solve).
     out = sol.loss if isinstance(sol, js.bilevel.Hypergradient) else sol.value
@@ -112,9 +143,21 @@ def _value(sol):
     return sum(jnp.sum(leaf) for leaf in leaves)
 
 
+def _l1(y, args, step):
+    return js.prox.l1(y, 0.1, step)
+
+
 CASES = {  # built lazily, so that one family's construction error fails only its cases
     "minimise-LBFGS": lambda: _minimise(js.LBFGS()),
     "minimise-GradientDescent": lambda: _minimise(js.GradientDescent(0.3), max_steps=2000),
+    "minimise-ProjectedGradient": lambda: _minimise(
+        js.ProjectedGradient(js.projections.nonnegative)
+    ),
+    "minimise-ProximalGradient": lambda: _minimise(js.ProximalGradient(_l1)),
+    "minimise-LBFGSB": lambda: _minimise(js.LBFGSB(), bounds=(-0.2, 0.3)),
+    "qp-ADMM": lambda: _qp(js.qp.ADMM()),
+    "least_squares-GaussNewton": lambda: _least_squares(js.GaussNewton()),
+    "least_squares-LevenbergMarquardt": lambda: _least_squares(js.LevenbergMarquardt()),
     "root_find-Newton": lambda: _root(js.Newton()),
     "fixed_point-Anderson": lambda: _fixed_point(js.AndersonFixedPoint()),
     "fixed_point-Iteration": lambda: _fixed_point(js.FixedPointIteration(), max_steps=2000),
@@ -145,16 +188,18 @@ def _batch():
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-    return request.param, CASES[request.param]()
+    solve = CASES[request.param]()
+    # One jitted unbatched solve per case, shared by the tests below (one compilation, CI time).
+    return request.param, solve, jax.jit(lambda d: solve(d, False))
 
 
 def test_jit_vmap_one_bad_member(case):
-    name, solve = case
+    name, solve, single = case
     batch = _batch()
     sols = jax.jit(jax.vmap(lambda d: solve(d, False)))(batch)
     ok = sols.result == R.successful
     for i in (0, 2):
-        alone = jax.jit(lambda d: solve(d, False))(jax.tree_util.tree_map(lambda x: x[i], batch))
+        alone = single(jax.tree_util.tree_map(lambda x: x[i], batch))
         assert alone.result == R.successful, (name, R[alone.result])
         assert ok[i], name
         for a, b in zip(
@@ -165,7 +210,7 @@ def test_jit_vmap_one_bad_member(case):
 
 
 def test_grad_with_throw_false_never_raises(case):
-    name, solve = case
+    name, solve, _ = case
     batch = _batch()
 
     def loss(b, A):
@@ -176,18 +221,17 @@ def test_grad_with_throw_false_never_raises(case):
 
 
 def test_throw_true_raises_on_a_bad_member(case):
-    name, solve = case
+    name, solve, _ = case
     bad = _data(KEYS[1], True)
     with pytest.raises(Exception, match="NaN|nonfinite|inf"):
         jax.block_until_ready(jax.jit(lambda d: solve(d, True))(bad).value)
 
 
 def test_new_data_compiles_nothing(case):
-    name, solve = case
-    f = jax.jit(lambda d: solve(d, False).result)
-    f(_data(KEYS[0], False))
-    f(_data(KEYS[2], False))
-    assert f._cache_size() == 1
+    name, solve, single = case
+    single(_data(KEYS[0], False))
+    single(_data(KEYS[2], False))
+    assert single._cache_size() == 1, name
 
 
 def test_unrolled_anderson_is_finite_when_residual_differences_vanish():
