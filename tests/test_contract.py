@@ -5,6 +5,10 @@ invalid value), whose good members give exactly their unbatched answers and whos
 gets the expected result code; `jax.grad` with `throw=False` over that batch, which never
 raises; `throw=True` on the bad member, which raises; and new data of the same shape, which
 compiles nothing.
+
+Compilation dominates (CI time): per case, one jitted unbatched solve serves the unbatched
+answers and the recompilation check, and one jitted `vmap` of `value_and_grad` (the solutions
+as its aux output) serves both the batched answers and the gradients.
 """
 
 import logging
@@ -186,17 +190,41 @@ def _batch():
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *data)
 
 
+class _Case:
+    """One case's solve and its jitted (unbatched; batched value-and-gradient) forms, each
+    compiled once, on first use."""
+
+    def __init__(self, name):
+        self.name = name
+        self.solve = solve = CASES[name]()
+        self.single = jax.jit(lambda d: solve(d, False))
+        self._batched = None
+
+    def batched(self):
+        """`(sols, grads)` over `_batch()`: the solutions, and the gradient of `_value` with
+        respect to `b`, under one `jit(vmap(value_and_grad))` with `throw=False`."""
+        if self._batched is None:
+
+            def loss(b, A):
+                sol = self.solve((A, b), False)
+                return _value(sol), sol
+
+            vg = jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))
+            batch = _batch()
+            (_, sols), grads = vg(batch[1], batch[0])
+            self._batched = sols, grads
+        return self._batched
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-    solve = CASES[request.param]()
-    # One jitted unbatched solve per case, shared by the tests below (one compilation, CI time).
-    return request.param, solve, jax.jit(lambda d: solve(d, False))
+    return _Case(request.param)
 
 
 def test_jit_vmap_one_bad_member(case):
-    name, solve, single = case
+    name, single = case.name, case.single
     batch = _batch()
-    sols = jax.jit(jax.vmap(lambda d: solve(d, False)))(batch)
+    sols, _ = case.batched()
     ok = sols.result == R.successful
     for i in (0, 2):
         alone = single(jax.tree_util.tree_map(lambda x: x[i], batch))
@@ -210,25 +238,19 @@ def test_jit_vmap_one_bad_member(case):
 
 
 def test_grad_with_throw_false_never_raises(case):
-    name, solve, _ = case
-    batch = _batch()
-
-    def loss(b, A):
-        return _value(solve((A, b), False))
-
-    grads = jax.jit(jax.vmap(jax.grad(loss)))(batch[1], batch[0])
+    name = case.name
+    _, grads = case.batched()
     assert jnp.all(jnp.isfinite(grads[0])) and jnp.all(jnp.isfinite(grads[2])), name
 
 
 def test_throw_true_raises_on_a_bad_member(case):
-    name, solve, _ = case
     bad = _data(KEYS[1], True)
     with pytest.raises(Exception, match="NaN|nonfinite|inf"):
-        jax.block_until_ready(jax.jit(lambda d: solve(d, True))(bad).value)
+        jax.block_until_ready(jax.jit(lambda d: case.solve(d, True))(bad).value)
 
 
 def test_new_data_compiles_nothing(case):
-    name, solve, single = case
+    name, single = case.name, case.single
     single(_data(KEYS[0], False))
     single(_data(KEYS[2], False))
     assert single._cache_size() == 1, name
