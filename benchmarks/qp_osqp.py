@@ -12,7 +12,8 @@ side in one process, float64 on CPU.
 Run: `python benchmarks/qp_osqp.py` (writes benchmarks/RESULTS-qp.md's tables to stdout);
 `python benchmarks/qp_osqp.py --batch-only [--sizes 20,50]`: only the time table (one QP and the
 1000-QP batches), jaxsolve against BoxOSQP (JAXopt OSQP, 2-5× slower than BoxOSQP, left out),
-batch rounds as many as `--rounds` (default 3) allows."""
+batch rounds as many as `--rounds` (default 3) allows; `--lu` adds BoxOSQP with direct (LU)
+inner solves (its `eq_qp_solve="lu"`; the default is CG), `--lu-only` compares with that alone."""
 
 import sys
 import time
@@ -61,12 +62,19 @@ BOX = jaxopt.BoxOSQP(tol=TOL, maxiter=20000, jit=True)
 OSQP = jaxopt.OSQP(tol=TOL, maxiter=20000, jit=True)
 
 
-def boxosqp_qp(Q, c, A, b, G, h, lo, up):
+BOX_LU = jaxopt.BoxOSQP(tol=TOL, maxiter=20000, jit=True, eq_qp_solve="lu")
+
+
+def boxosqp_qp(Q, c, A, b, G, h, lo, up, box=BOX):
     n = c.shape[0]
     C = jnp.concatenate([A, G, jnp.eye(n)])
     lo_all = jnp.concatenate([b, jnp.full(h.shape, -jnp.inf), lo])
     up_all = jnp.concatenate([b, h, up])
-    return BOX.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo_all, up_all)).params.primal[0]
+    return box.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo_all, up_all)).params.primal[0]
+
+
+def boxosqp_lu_qp(*data):
+    return boxosqp_qp(*data, box=BOX_LU)
 
 
 def osqp_qp(Q, c, A, b, G, h, lo, up):
@@ -173,9 +181,10 @@ def timing_section(rng, solvers=SOLVERS, sizes=(20, 50), rounds=3):
     rows.append(["one QP, n=30, p=5, q=15 + box"] + [f"{1e3 * t[k]:.2f} ms" for k in solvers])
     rows[-1] += ratios(t)
     print(rows[-1], file=sys.stderr, flush=True)
-    shapes = {20: (20, 3, 10), 50: (50, 5, 25)}
-    for n, p, q in (shapes[s] for s in sizes):
-        data = batch_qps(rng, 1000, n, p, q)
+    for n, p, q in ((20, 3, 10), (50, 5, 25)):
+        data = batch_qps(rng, 1000, n, p, q)  # drawn whether timed or not: the same QPs
+        if n not in sizes:
+            continue
         fns = {k: jax.jit(jax.vmap(f)) for k, f in solvers.items()}
         # seconds per call: `rounds` interleaved rounds of one call each, order reversed every
         # round; the median round (a slow candidate runs once in `interleaved_times`, so the
@@ -251,7 +260,16 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     if "--batch-only" in sys.argv:
         sizes = tuple(int(s) for s in _arg("--sizes", "20,50").split(","))
-        solvers = {k: SOLVERS[k] for k in ("jaxsolve", "JAXopt BoxOSQP")}
+        # `--lu`: BoxOSQP with its direct (LU) inner solves too, or instead (`--lu-only`)
+        names = ["jaxsolve"] + ([] if "--lu-only" in sys.argv else ["JAXopt BoxOSQP"])
+        solvers = {k: SOLVERS[k] for k in names}
+        if "--lu" in sys.argv or "--lu-only" in sys.argv:
+            solvers["JAXopt BoxOSQP (LU)"] = boxosqp_lu_qp
+        # draw what the accuracy section draws, so the timed QPs are the full run's
+        for n, p, q in ((10, 2, 5), (30, 5, 15), (50, 5, 25)):
+            random_qp(rng, n, p, q)
+        rng.normal(size=(30, 30)), rng.normal(size=30), rng.normal(size=(10, 30))
+        rng.normal(size=10)
         print(f"Machine: {machine()}; jaxopt 0.8.5; float64; tol = {TOL} for all solvers.\n")
         print(timing_section(rng, solvers, sizes, int(_arg("--rounds", "3"))), flush=True)
         sys.exit()
