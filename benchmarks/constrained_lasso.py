@@ -26,7 +26,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import jaxopt  # noqa: E402
 import numpy as np  # noqa: E402
-from _timing import interleaved_times, machine, markdown_table  # noqa: E402
+from _timing import compare_times, interleaved_times, machine, markdown_table  # noqa: E402
 from sklearn.datasets import load_diabetes  # noqa: E402
 from sklearn.linear_model import ElasticNet, Lasso  # noqa: E402
 
@@ -112,7 +112,10 @@ def path_rows(rho, target=TARGET):
                 break
         else:
             info[name] = ("not reached", rel, np.abs(W - ref).max())
-    times = interleaved_times(fns, ALPHAS, X, Y, repeats=5 if SMALL else 9)
+    if "--median" in sys.argv:  # medians of interleaved blocks (compare_times), not the best round
+        times = compare_times(fns, ALPHAS, X, Y, repeats=5 if SMALL else 9)
+    else:
+        times = interleaved_times(fns, ALPHAS, X, Y, repeats=5 if SMALL else 9)
     base = times.get("JAXopt ProximalGradient")
     rows = []
     for name, (tol, rel, ab) in info.items():

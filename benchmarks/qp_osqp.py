@@ -13,7 +13,8 @@ Run: `python benchmarks/qp_osqp.py` (writes benchmarks/RESULTS-qp.md's tables to
 `python benchmarks/qp_osqp.py --batch-only [--sizes 20,50]`: only the time table (one QP and the
 1000-QP batches), jaxsolve against BoxOSQP (JAXopt OSQP, 2-5× slower than BoxOSQP, left out),
 batch rounds as many as `--rounds` (default 3) allows; `--lu` adds BoxOSQP with direct (LU)
-inner solves (its `eq_qp_solve="lu"`; the default is CG), `--lu-only` compares with that alone."""
+inner solves (its `eq_qp_solve="lu"`; the default is CG), `--lu-only` compares with that alone;
+`--box-maxiter K` caps BoxOSQP's iterations at K (default 20000)."""
 
 import sys
 import time
@@ -65,7 +66,8 @@ OSQP = jaxopt.OSQP(tol=TOL, maxiter=20000, jit=True)
 BOX_LU = jaxopt.BoxOSQP(tol=TOL, maxiter=20000, jit=True, eq_qp_solve="lu")
 
 
-def boxosqp_qp(Q, c, A, b, G, h, lo, up, box=BOX):
+def boxosqp_qp(Q, c, A, b, G, h, lo, up, box=None):
+    box = BOX if box is None else box
     n = c.shape[0]
     C = jnp.concatenate([A, G, jnp.eye(n)])
     lo_all = jnp.concatenate([b, jnp.full(h.shape, -jnp.inf), lo])
@@ -260,6 +262,8 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     if "--batch-only" in sys.argv:
         sizes = tuple(int(s) for s in _arg("--sizes", "20,50").split(","))
+        if "--box-maxiter" in sys.argv:  # cap BoxOSQP's iterations (its stragglers: see RESULTS)
+            BOX = jaxopt.BoxOSQP(tol=TOL, maxiter=int(_arg("--box-maxiter", "20000")), jit=True)
         # `--lu`: BoxOSQP with its direct (LU) inner solves too, or instead (`--lu-only`)
         names = ["jaxsolve"] + ([] if "--lu-only" in sys.argv else ["JAXopt BoxOSQP"])
         solvers = {k: SOLVERS[k] for k in names}
