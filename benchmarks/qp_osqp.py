@@ -9,7 +9,12 @@ side in one process, float64 on CPU.
 - gradients: d(wᵀx*)/dθ for every input θ, by jaxsolve's implicit KKT derivative, against
   central finite differences.
 
-Run: `python benchmarks/qp_osqp.py` (writes benchmarks/RESULTS-qp.md's tables to stdout)."""
+Run: `python benchmarks/qp_osqp.py` (writes benchmarks/RESULTS-qp.md's tables to stdout);
+`python benchmarks/qp_osqp.py --batch-only [--sizes 20,50]`: only the time table (one QP and the
+1000-QP batches), jaxsolve against BoxOSQP (JAXopt OSQP, 2-5× slower than BoxOSQP, left out),
+batch rounds as many as `--rounds` (default 3) allows; `--lu` adds BoxOSQP with direct (LU)
+inner solves (its `eq_qp_solve="lu"`; the default is CG), `--lu-only` compares with that alone;
+`--box-maxiter K` caps BoxOSQP's iterations at K (default 20000)."""
 
 import sys
 import time
@@ -22,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxopt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize as so  # noqa: E402
-from _timing import compare_times, interleaved_times, machine, markdown_table  # noqa: E402
+from _timing import compare_times, machine, markdown_table  # noqa: E402
 
 import jaxsolve as js  # noqa: E402
 from jaxsolve.qp import QPProblem  # noqa: E402
@@ -58,12 +63,20 @@ BOX = jaxopt.BoxOSQP(tol=TOL, maxiter=20000, jit=True)
 OSQP = jaxopt.OSQP(tol=TOL, maxiter=20000, jit=True)
 
 
-def boxosqp_qp(Q, c, A, b, G, h, lo, up):
+BOX_LU = jaxopt.BoxOSQP(tol=TOL, maxiter=20000, jit=True, eq_qp_solve="lu")
+
+
+def boxosqp_qp(Q, c, A, b, G, h, lo, up, box=None):
+    box = BOX if box is None else box
     n = c.shape[0]
     C = jnp.concatenate([A, G, jnp.eye(n)])
     lo_all = jnp.concatenate([b, jnp.full(h.shape, -jnp.inf), lo])
     up_all = jnp.concatenate([b, h, up])
-    return BOX.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo_all, up_all)).params.primal[0]
+    return box.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo_all, up_all)).params.primal[0]
+
+
+def boxosqp_lu_qp(*data):
+    return boxosqp_qp(*data, box=BOX_LU)
 
 
 def osqp_qp(Q, c, A, b, G, h, lo, up):
@@ -156,47 +169,55 @@ def accuracy_section(rng):
     return markdown_table(header, rows)
 
 
-def timing_section(rng):
+def timing_section(rng, solvers=SOLVERS, sizes=(20, 50), rounds=3):
     rows = []
+    others = [k for k in solvers if k != "jaxsolve"]
+
+    def ratios(t):
+        return [f"{t['jaxsolve'] / t[k]:.2f}×" for k in others]
+
     # one QP
     data = [jnp.asarray(v) for v in random_qp(rng, 30, 5, 15)]
-    fns = {k: jax.jit(f) for k, f in SOLVERS.items()}
+    fns = {k: jax.jit(f) for k, f in solvers.items()}
     t = compare_times(fns, *data, repeats=15)
-    rows.append(
-        ["one QP, n=30, p=5, q=15 + box"]
-        + [f"{1e3 * t[k]:.2f} ms" for k in SOLVERS]
-        + [
-            f"{t['jaxsolve'] / t['JAXopt BoxOSQP']:.2f}×",
-            f"{t['jaxsolve'] / t['JAXopt OSQP']:.2f}×",
-        ]
-    )
+    rows.append(["one QP, n=30, p=5, q=15 + box"] + [f"{1e3 * t[k]:.2f} ms" for k in solvers])
+    rows[-1] += ratios(t)
     print(rows[-1], file=sys.stderr, flush=True)
     for n, p, q in ((20, 3, 10), (50, 5, 25)):
-        data = batch_qps(rng, 1000, n, p, q)
-        fns = {k: jax.jit(jax.vmap(f)) for k, f in SOLVERS.items()}
-        # seconds per call: interleaved rounds of one call each (a slow candidate once)
-        t = interleaved_times(fns, *data, repeats=3, slow=5.0)
+        data = batch_qps(rng, 1000, n, p, q)  # drawn whether timed or not: the same QPs
+        if n not in sizes:
+            continue
+        fns = {k: jax.jit(jax.vmap(f)) for k, f in solvers.items()}
+        # seconds per call: `rounds` interleaved rounds of one call each, order reversed every
+        # round; the median round (a slow candidate runs once in `interleaved_times`, so the
+        # rounds are driven here)
+        compiled = {k: f.lower(*data).compile() for k, f in fns.items()}
+        times = {k: [] for k in solvers}
+        xs = {}
+        for r in range(rounds):
+            for k in list(solvers) if r % 2 == 0 else list(solvers)[::-1]:
+                start = time.perf_counter()
+                xs[k] = np.asarray(jax.block_until_ready(compiled[k](*data)))
+                times[k].append(time.perf_counter() - start)
+                print(n, k, f"{times[k][-1]:.2f} s", file=sys.stderr, flush=True)
+        t = {k: float(np.median(v)) for k, v in times.items()}
         rows.append(
-            [f"1000 QPs (vmap), n={n}, p={p}, q={q} + box"]
-            + [f"{t[k]:.3f} s" for k in SOLVERS]
-            + [
-                f"{t['jaxsolve'] / t['JAXopt BoxOSQP']:.2f}×",
-                f"{t['jaxsolve'] / t['JAXopt OSQP']:.2f}×",
-            ]
+            [f"1000 QPs (vmap), n={n}, p={p}, q={q} + box (median of {rounds} interleaved rounds)"]
+            + [f"{t[k]:.2f} s" for k in solvers]
+            + ratios(t)
         )
         print(rows[-1], file=sys.stderr, flush=True)
-        # accuracy of the batch: worst objective gap between jaxsolve and BoxOSQP, and KKT errors
-        xs = {k: np.asarray(fns[k](*data)) for k in SOLVERS}
+        # accuracy of the batch with one yardstick: KKT errors of 20 sampled members
         errs = {
             k: max(kkt_error_of_x([d[i] for d in data], xs[k][i]) for i in range(0, 1000, 50))
-            for k in SOLVERS
+            for k in solvers
         }
         rows.append(
             ["  worst KKT error (20 sampled members)"]
-            + [f"{errs[k]:.1e}" for k in SOLVERS]
-            + ["", ""]
+            + [f"{errs[k]:.1e}" for k in solvers]
+            + [""] * len(others)
         )
-    header = ["case"] + list(SOLVERS) + ["jaxsolve / BoxOSQP", "jaxsolve / OSQP"]
+    header = ["case"] + list(solvers) + [f"jaxsolve / {k}" for k in others]
     return markdown_table(header, rows)
 
 
@@ -233,8 +254,29 @@ def gradient_section(rng):
     ), note
 
 
+def _arg(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
+    if "--batch-only" in sys.argv:
+        sizes = tuple(int(s) for s in _arg("--sizes", "20,50").split(","))
+        if "--box-maxiter" in sys.argv:  # cap BoxOSQP's iterations (its stragglers: see RESULTS)
+            BOX = jaxopt.BoxOSQP(tol=TOL, maxiter=int(_arg("--box-maxiter", "20000")), jit=True)
+        # `--lu`: BoxOSQP with its direct (LU) inner solves too, or instead (`--lu-only`)
+        names = ["jaxsolve"] + ([] if "--lu-only" in sys.argv else ["JAXopt BoxOSQP"])
+        solvers = {k: SOLVERS[k] for k in names}
+        if "--lu" in sys.argv or "--lu-only" in sys.argv:
+            solvers["JAXopt BoxOSQP (LU)"] = boxosqp_lu_qp
+        # draw what the accuracy section draws, so the timed QPs are the full run's
+        for n, p, q in ((10, 2, 5), (30, 5, 15), (50, 5, 25)):
+            random_qp(rng, n, p, q)
+        rng.normal(size=(30, 30)), rng.normal(size=30), rng.normal(size=(10, 30))
+        rng.normal(size=10)
+        print(f"Machine: {machine()}; jaxopt 0.8.5; float64; tol = {TOL} for all solvers.\n")
+        print(timing_section(rng, solvers, sizes, int(_arg("--rounds", "3"))), flush=True)
+        sys.exit()
     print(f"Machine: {machine()}; jaxopt 0.8.5; float64; tol = {TOL} for all solvers.\n")
     t0 = time.time()
     print(

@@ -257,10 +257,13 @@ class _AbstractProxGradient(AbstractConstrainedMinimiser):
     """Proximal gradient with FISTA momentum, adaptive restart and backtracking (Beck and
     Teboulle 2009; O'Donoghue and Candès 2015 for the restart)."""
 
-    stepsize: eqx.AbstractVar[float | Array | None]
-    acceleration: eqx.AbstractVar[bool]
-    restart: eqx.AbstractVar[bool]
-    max_backtracks: eqx.AbstractVar[int]
+    # Shared fields, keyword-only so that each subclass's own first field (its projection or
+    # prox) stays the one positional argument.
+    stepsize: float | Array | None = eqx.field(default=None, kw_only=True)
+    acceleration: bool = eqx.field(static=True, default=True, kw_only=True)
+    restart: bool = eqx.field(static=True, default=True, kw_only=True)
+    max_backtracks: int = eqx.field(static=True, default=30, kw_only=True)
+    tol: float | Array | None = eqx.field(default=None, kw_only=True)
 
     def init(self, problem, y, options):
         problem = _constrained(problem, self)
@@ -408,11 +411,6 @@ class ProjectedGradient(_AbstractProxGradient):
     """
 
     projection: Callable
-    stepsize: float | Array | None = None
-    acceleration: bool = eqx.field(static=True, default=True)
-    restart: bool = eqx.field(static=True, default=True)
-    max_backtracks: int = eqx.field(static=True, default=30)
-    tol: float | Array | None = None
 
     def __check_init__(self):
         if not callable(self.projection):
@@ -455,11 +453,6 @@ class ProximalGradient(_AbstractProxGradient):
     """
 
     prox: Callable
-    stepsize: float | Array | None = None
-    acceleration: bool = eqx.field(static=True, default=True)
-    restart: bool = eqx.field(static=True, default=True)
-    max_backtracks: int = eqx.field(static=True, default=30)
-    tol: float | Array | None = None
 
     def __check_init__(self):
         if not callable(self.prox):

@@ -5,6 +5,10 @@ invalid value), whose good members give exactly their unbatched answers and whos
 gets the expected result code; `jax.grad` with `throw=False` over that batch, which never
 raises; `throw=True` on the bad member, which raises; and new data of the same shape, which
 compiles nothing.
+
+Compilation dominates (CI time): per case, one jitted unbatched solve serves the unbatched
+answers and the recompilation check, and one jitted `vmap` of `value_and_grad` (the solutions
+as its aux output) serves both the batched answers and the gradients.
 """
 
 import logging
@@ -105,6 +109,37 @@ def _hypergradient(estimator, **kw):
     return solve
 
 
+def _qp(solver):
+    def solve(data, throw):
+        # min ½yᵀAy − bᵀy s.t. Σy = 1, y0 − y1 ≤ 0.5, −1 ≤ y ≤ 1 (feasible: y = 1/N)
+        A, b = data
+        G, h = jnp.eye(N)[:1] - jnp.eye(N)[1:2], jnp.array([0.5])
+        ones = jnp.ones((1, N))
+        return js.qp.solve(
+            A,
+            -b,
+            A=ones,
+            b=jnp.ones(1),
+            G=G,
+            h=h,
+            lower=-1.0,
+            upper=1.0,
+            solver=solver,
+            throw=throw,
+        )
+
+    return solve
+
+
+def _least_squares(solver):
+    def solve(data, throw):
+        A, b = data
+        fn = lambda y, d: d[0] @ y + 0.1 * jnp.tanh(y) - d[1]
+        return js.least_squares(fn, jnp.zeros(N), data, solver=solver, throw=throw)
+
+    return solve
+
+
 def _value(sol):
     # For a hypergradient: its outer loss (differentiable through the inner solve).
     out = sol.loss if isinstance(sol, js.bilevel.Hypergradient) else sol.value
@@ -112,9 +147,21 @@ def _value(sol):
     return sum(jnp.sum(leaf) for leaf in leaves)
 
 
+def _l1(y, args, step):
+    return js.prox.l1(y, 0.1, step)
+
+
 CASES = {  # built lazily, so that one family's construction error fails only its cases
     "minimise-LBFGS": lambda: _minimise(js.LBFGS()),
     "minimise-GradientDescent": lambda: _minimise(js.GradientDescent(0.3), max_steps=2000),
+    "minimise-ProjectedGradient": lambda: _minimise(
+        js.ProjectedGradient(js.projections.nonnegative)
+    ),
+    "minimise-ProximalGradient": lambda: _minimise(js.ProximalGradient(_l1)),
+    "minimise-LBFGSB": lambda: _minimise(js.LBFGSB(), bounds=(-0.2, 0.3)),
+    "qp-ADMM": lambda: _qp(js.qp.ADMM()),
+    "least_squares-GaussNewton": lambda: _least_squares(js.GaussNewton()),
+    "least_squares-LevenbergMarquardt": lambda: _least_squares(js.LevenbergMarquardt()),
     "root_find-Newton": lambda: _root(js.Newton()),
     "fixed_point-Anderson": lambda: _fixed_point(js.AndersonFixedPoint()),
     "fixed_point-Iteration": lambda: _fixed_point(js.FixedPointIteration(), max_steps=2000),
@@ -143,18 +190,44 @@ def _batch():
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *data)
 
 
+class _Case:
+    """One case's solve and its jitted (unbatched; batched value-and-gradient) forms, each
+    compiled once, on first use."""
+
+    def __init__(self, name):
+        self.name = name
+        self.solve = solve = CASES[name]()
+        self.single = jax.jit(lambda d: solve(d, False))
+        self._batched = None
+
+    def batched(self):
+        """`(sols, grads)` over `_batch()`: the solutions, and the gradient of `_value` with
+        respect to `b`, under one `jit(vmap(value_and_grad))` with `throw=False`."""
+        if self._batched is None:
+
+            def loss(b, A):
+                sol = self.solve((A, b), False)
+                return _value(sol), sol
+
+            vg = jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))
+            batch = _batch()
+            (_, sols), grads = vg(batch[1], batch[0])
+            self._batched = sols, grads
+        return self._batched
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-    return request.param, CASES[request.param]()
+    return _Case(request.param)
 
 
 def test_jit_vmap_one_bad_member(case):
-    name, solve = case
+    name, single = case.name, case.single
     batch = _batch()
-    sols = jax.jit(jax.vmap(lambda d: solve(d, False)))(batch)
+    sols, _ = case.batched()
     ok = sols.result == R.successful
     for i in (0, 2):
-        alone = jax.jit(lambda d: solve(d, False))(jax.tree_util.tree_map(lambda x: x[i], batch))
+        alone = single(jax.tree_util.tree_map(lambda x: x[i], batch))
         assert alone.result == R.successful, (name, R[alone.result])
         assert ok[i], name
         for a, b in zip(
@@ -165,29 +238,22 @@ def test_jit_vmap_one_bad_member(case):
 
 
 def test_grad_with_throw_false_never_raises(case):
-    name, solve = case
-    batch = _batch()
-
-    def loss(b, A):
-        return _value(solve((A, b), False))
-
-    grads = jax.jit(jax.vmap(jax.grad(loss)))(batch[1], batch[0])
+    name = case.name
+    _, grads = case.batched()
     assert jnp.all(jnp.isfinite(grads[0])) and jnp.all(jnp.isfinite(grads[2])), name
 
 
 def test_throw_true_raises_on_a_bad_member(case):
-    name, solve = case
     bad = _data(KEYS[1], True)
     with pytest.raises(Exception, match="NaN|nonfinite|inf"):
-        jax.block_until_ready(jax.jit(lambda d: solve(d, True))(bad).value)
+        jax.block_until_ready(jax.jit(lambda d: case.solve(d, True))(bad).value)
 
 
 def test_new_data_compiles_nothing(case):
-    name, solve = case
-    f = jax.jit(lambda d: solve(d, False).result)
-    f(_data(KEYS[0], False))
-    f(_data(KEYS[2], False))
-    assert f._cache_size() == 1
+    name, single = case.name, case.single
+    single(_data(KEYS[0], False))
+    single(_data(KEYS[2], False))
+    assert single._cache_size() == 1, name
 
 
 def test_unrolled_anderson_is_finite_when_residual_differences_vanish():

@@ -19,7 +19,8 @@ _RHO_MIN, _RHO_MAX = 1e-6, 1e6
 
 
 class _ADMMState(eqx.Module):
-    z: Array
+    z: Array  # in the scaled problem's coordinates
+    scaling: tuple[Array, Array, Scalar]  # (D, E, cost) of `_ruiz`
     rho: Scalar
     factor: Any  # Cholesky factor of Q + σI + Cᵀ diag(ρ) C (dense Q), else None
     refactor: Array  # ρ changed: factorise again at the next step
@@ -37,6 +38,78 @@ def _rho_vector(problem: QPProblem, rho):
     return jnp.where(lo == up, 1e3 * rho, jnp.where(free, _RHO_MIN, rho))
 
 
+def _limit(v):
+    # OSQP's `limit_scaling`: norms below 1e-4 (or not finite) count as 1, above 1e4 as 1e4.
+    return jnp.where(jnp.isfinite(v) & (v >= 1e-4), jnp.minimum(v, 1e4), 1.0)
+
+
+def _ruiz(problem: QPProblem, iterations: int):
+    """Ruiz equilibration of the QP's data (OSQP §5.1): `(D, E, cost)` such that the scaled
+    problem `Q̄ = cost·DQD`, `c̄ = cost·Dc`, `[Ā; Ḡ] = E [A; G] D` has KKT matrix columns of
+    ∞-norm near 1 and a cost of unit size. Bound rows keep their identity block (their row
+    scale is `1/D`, the bounds become `lower/D`, `upper/D`). For a matvec `Q` only the
+    constraint rows are scaled (to unit ∞-norm), `D = 1`, `cost = 1`."""
+    dtype = problem.c.dtype
+    n = problem.n
+    absC = jnp.abs(jax.lax.stop_gradient(jnp.concatenate([problem.A, problem.G])))
+    ones_n, ones_m = jnp.ones((n,), dtype), jnp.ones((absC.shape[0],), dtype)
+    c = jax.lax.stop_gradient(problem.c)
+    if not problem.dense or iterations == 0:
+        E = 1.0 / _limit(jnp.max(absC, axis=1, initial=0.0)) if iterations else ones_m
+        return ones_n, E, jnp.ones((), dtype)
+    absQ = jnp.abs(jax.lax.stop_gradient(problem.Q))
+
+    def qcol(D):  # column ∞-norms of DQD
+        return jnp.max(absQ * D[:, None], axis=0, initial=0.0) * D
+
+    def body(_, DE):
+        D, E = DE
+        ccol = jnp.max(absC * E[:, None], axis=0, initial=0.0) * D
+        crow = jnp.max(absC * D[None, :], axis=1, initial=0.0) * E
+        D = D / jnp.sqrt(_limit(jnp.maximum(qcol(D), ccol)))
+        E = E / jnp.sqrt(_limit(crow))
+        return D, E
+
+    D, E = jax.lax.fori_loop(0, iterations, body, (ones_n, ones_m))
+    cost = 1.0 / _limit(jnp.maximum(jnp.mean(qcol(D)), _inf_norm(D * c)))
+    return D, E, cost
+
+
+def _scaled(problem: QPProblem, scaling) -> QPProblem:
+    """The QP in scaled coordinates `x̄ = x/D` (see `_ruiz`)."""
+    D, E, cost = scaling
+    p = problem.b.shape[0]
+    Ea, Eg = E[:p], E[p:]
+    Q = cost * (D[:, None] * problem.Q * D[None, :]) if problem.dense else problem.Q
+    bounds = (problem.lower / D, problem.upper / D) if problem.has_bounds else (None, None)
+    return QPProblem(
+        Q,
+        cost * D * problem.c,
+        Ea[:, None] * problem.A * D[None, :],
+        Ea * problem.b,
+        Eg[:, None] * problem.G * D[None, :],
+        Eg * problem.h,
+        *bounds,
+    )
+
+
+def _row_scale(problem: QPProblem, scaling):
+    """The scale of every stacked row, bound rows included (`1/D` there): `z̄ = row·z`,
+    `y = row·ȳ/cost`."""
+    D, E, _ = scaling
+    return jnp.concatenate([E, 1.0 / D]) if problem.has_bounds else E
+
+
+def _to_scaled(problem, scaling, x, y):
+    D, _, cost = scaling
+    return x / D, cost * y / _row_scale(problem, scaling)
+
+
+def _from_scaled(problem, scaling, xs, ys):
+    D, _, cost = scaling
+    return D * xs, _row_scale(problem, scaling) * ys / cost
+
+
 class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     """The OSQP algorithm: ADMM on `min ½xᵀQx + cᵀx, l ≤ Cx ≤ u` (Stellato et al., 2020).
 
@@ -47,6 +120,12 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     each ρ is one Cholesky factorisation of `Q + σI + Cᵀ diag(ρ) C` (n×n, reused until ρ
     changes); for a matvec `Q` the reduced system is solved by `js.linear.CG`, warm started,
     and there is no polishing.
+
+    The data are first equilibrated (`scaling` Ruiz iterations, as OSQP does: the columns of
+    the KKT matrix `[Q Cᵀ; C 0]` scaled to unit ∞-norm, and the cost to unit size), so badly
+    scaled constraints (rows of very different norms) do not slow ADMM down; the iterations
+    run on the scaled problem, and the primal and dual solutions and the residuals that decide
+    termination are those of the original problem.
 
     Stops when the KKT error (`stats["error"]`: the largest of the relative primal, dual and
     complementarity residuals, ∞-norms) of the ADMM iterate or of the polished point is at
@@ -63,6 +142,8 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     - `polish`: try polishing at each check (dense `Q` only; default True; may be a traced
       bool).
     - `check_every`: ADMM iterations between checks (a static int, default 10).
+    - `scaling`: Ruiz equilibration iterations (a static int, default 10; 0 turns scaling
+      off). For a matvec `Q` only the constraint rows are scaled.
     - `infeasibility_tol`: tolerance of the infeasibility certificates (`None`: 1e-6 in
       float64, 1e-4 in float32).
     - `cg_max_steps`: the most CG iterations per ADMM iteration for a matvec `Q` (default 50).
@@ -89,11 +170,16 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
     check_every: int = eqx.field(static=True, default=10)
     infeasibility_tol: float | Array | None = None
     cg_max_steps: int = eqx.field(static=True, default=50)
+    scaling: int = eqx.field(static=True, default=10)
 
     def __check_init__(self):
         if not isinstance(self.check_every, int) or self.check_every < 1:
             raise ValueError(
                 f"ADMM `check_every` must be a positive int; got {self.check_every!r}."
+            )
+        if not isinstance(self.scaling, int) or self.scaling < 0:
+            raise ValueError(
+                f"ADMM `scaling` (Ruiz iterations) must be an int >= 0; got {self.scaling!r}."
             )
         for name in ("rho", "sigma"):
             v = getattr(self, name)
@@ -128,9 +214,11 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
 
     def init(self, problem, xy, options):
         x, y = xy
-        lo, up = problem.bounds()
+        scaling = _ruiz(problem, self.scaling)
+        sp = _scaled(problem, scaling)
+        lo, up = sp.bounds()
         rho = jnp.asarray(self.rho, problem.c.dtype)
-        z = jnp.clip(problem.cmv(x), lo, up)
+        z = jnp.clip(sp.cmv(_to_scaled(problem, scaling, x, y)[0]), lo, up)
         # The first step factorises (one Cholesky in the compiled program, not two).
         n, dtype = problem.n, problem.c.dtype
         factor = jnp.zeros((n, n), dtype) if problem.dense else None
@@ -138,6 +226,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         inf = jnp.asarray(jnp.inf, err.dtype)
         return _ADMMState(
             z=z,
+            scaling=scaling,
             rho=rho,
             factor=factor,
             refactor=jnp.array(problem.dense),
@@ -150,23 +239,27 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         )
 
     def step(self, problem, xy, state):
-        x, y = xy
-        lo, up = problem.bounds()
+        # The iterations run on the scaled problem `sp`; `(x, y)` and the KKT error are the
+        # original problem's.
+        scaling = state.scaling
+        sp = _scaled(problem, scaling)
+        x, y = _to_scaled(problem, scaling, *xy)
+        lo, up = sp.bounds()
         dtype = problem.c.dtype
         rho = state.rho
         factor = state.factor
         if problem.dense:
             factor = jax.lax.cond(
-                state.refactor, lambda: self._factorise(problem, rho), lambda: state.factor
+                state.refactor, lambda: self._factorise(sp, rho), lambda: state.factor
             )
-        rho_vec = _rho_vector(problem, rho)
+        rho_vec = _rho_vector(sp, rho)
         alpha, sigma = self.alpha, self.sigma
 
         def iteration(_, carry):
             x, z, y, _, _ = carry
-            rhs = sigma * x - problem.c + problem.ctmv(rho_vec * z - y)
-            xt = self._solve_reduced(problem, factor, rho_vec, rhs, x)
-            zt = problem.cmv(xt)
+            rhs = sigma * x - sp.c + sp.ctmv(rho_vec * z - y)
+            xt = self._solve_reduced(sp, factor, rho_vec, rhs, x)
+            zt = sp.cmv(xt)
             x_new = alpha * xt + (1 - alpha) * x
             z_half = alpha * zt + (1 - alpha) * z
             z_new = jnp.clip(z_half + y / rho_vec, lo, up)
@@ -176,15 +269,20 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         zeros = (jnp.zeros_like(x), jnp.zeros_like(y))
         x, z, y, dx, dy = jax.lax.fori_loop(0, self.check_every, iteration, (x, state.z, y) + zeros)
 
-        # Residuals and the KKT error of the ADMM iterate (y lies in the normal cone at z).
-        cx, qx, cty = problem.cmv(x), problem.qmv(x), problem.ctmv(y)
+        # The scaled residuals (for ρ), and the KKT error of the unscaled ADMM iterate (y lies
+        # in the normal cone at z).
+        cx, qx, cty = sp.cmv(x), sp.qmv(x), sp.ctmv(y)
         r_prim = _inf_norm(cx - z)
-        r_dual = _inf_norm(qx + problem.c + cty)
+        r_dual = _inf_norm(qx + sp.c + cty)
         scale_p = jnp.maximum(_inf_norm(cx), _inf_norm(z))
-        scale_d = jnp.maximum(jnp.maximum(_inf_norm(qx), _inf_norm(cty)), _inf_norm(problem.c))
-        err = problem.kkt_error(x, y)
+        scale_d = jnp.maximum(jnp.maximum(_inf_norm(qx), _inf_norm(cty)), _inf_norm(sp.c))
+        xy_out = _from_scaled(problem, scaling, x, y)
+        err = problem.kkt_error(*xy_out)
 
-        # Infeasibility certificates (OSQP §3.4), from the last iteration's differences.
+        # Infeasibility certificates (OSQP §3.4), from the last iteration's differences,
+        # unscaled: a certificate of the original problem.
+        dx, dy = _from_scaled(problem, scaling, dx, dy)
+        lo, up = problem.bounds()
         eps = self._infeasibility_tol(dtype)
         ndy, ndx = _inf_norm(dy), _inf_norm(dx)
         support = jnp.sum(jnp.where(dy > 0, up, 0.0) * dy + jnp.where(dy < 0, lo, 0.0) * dy)
@@ -211,7 +309,11 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
         best, best_err, num_polished = state.best, state.best_err, state.num_polished
         if problem.dense:
             trigger = jnp.asarray(self.polish) & (err < 1e-2) & (state.best_err > self.tol)
-            cand = jax.lax.cond(trigger, lambda: _polish(problem, x, z, y), lambda: best)
+            cand = jax.lax.cond(
+                trigger,
+                lambda: _from_scaled(problem, scaling, *_polish(sp, x, z, y)),
+                lambda: best,
+            )
             cand_err = jnp.where(trigger, problem.kkt_error(*cand), jnp.inf)
             better = cand_err < best_err
             best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), cand, best)
@@ -229,6 +331,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
 
         new_state = _ADMMState(
             z=z,
+            scaling=scaling,
             rho=rho,
             factor=factor,
             refactor=refactor,
@@ -239,7 +342,7 @@ class ADMM(AbstractIterativeSolver[QPProblem, Any, _ADMMState]):
             num_iters=state.num_iters + self.check_every,
             num_polished=num_polished,
         )
-        return (x, y), new_state
+        return xy_out, new_state
 
     def _infeasibility_tol(self, dtype):
         if self.infeasibility_tol is not None:
