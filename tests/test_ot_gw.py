@@ -194,6 +194,8 @@ def test_low_rank_path_matches_pot_and_finite_differences():
     ]
     for numeric, analytic in checks:
         np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+    # new points, weights and ε (every test's calls) never compiled anything again
+    assert _cloud64._cache_size() == 1
 
 
 with jax.enable_x64(False):

@@ -125,7 +125,7 @@ class GWProblem(AbstractProblem):
     Cx, Cy = problem.geom_xx.cost_matrix, problem.geom_yy.cost_matrix
     L = (Cx[:, None, :, None] - Cy[None, :, None, :]) ** 2       # L(Cx_ik, Cy_jl), axes ijkl
     E = jnp.sum(L * T[:, :, None, None] * T[None, None, :, :])
-    assert jnp.allclose(problem.objective(T), E, rtol=1e-5)
+    assert jnp.allclose(jax.jit(problem.objective)(T), E, rtol=1e-5)
     ```
     """
 
@@ -298,10 +298,11 @@ class GromovWasserstein(AbstractIterativeSolver[GWProblem, Array, _GWState]):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (12, 2))
-    geom = js.ot.PointCloud(x, x)
-    sol = js.ot.solve_gw(geom, geom, solver=js.ot.GromovWasserstein(epsilon=0.05))
-    assert sol.result == js.RESULTS.successful
+    x = jax.random.normal(jax.random.PRNGKey(0), (15, 2))   # a 2-D cloud
+    y = jax.random.normal(jax.random.PRNGKey(1), (15, 3))   # and a 3-D one
+    solver = js.ot.GromovWasserstein(epsilon=0.5)
+    sol = js.ot.solve_gw(js.ot.PointCloud(x, x), js.ot.PointCloud(y, y), solver=solver)
+    assert sol.result == js.RESULTS.successful and sol.stats["plan_change"] <= 1e-4
     assert sol.stats["inner_steps"] >= sol.stats["num_steps"]
     ```
     """
@@ -329,6 +330,14 @@ class GromovWasserstein(AbstractIterativeSolver[GWProblem, Array, _GWState]):
                 "GromovWasserstein's `sinkhorn` must be a js.ot.Sinkhorn(...); got "
                 f"{type(self.sinkhorn).__name__}."
             )
+
+    def _tol(self) -> float | Array:
+        if self.tol is None:
+            raise ValueError(
+                "GromovWasserstein's `tol` is None: js.ot.solve_gw fills in the default; run "
+                "through js.iterative_solve, give the solver a `tol`."
+            )
+        return self.tol
 
     def init(self, problem: GWProblem, y, options):
         n, m = y.shape
@@ -374,7 +383,7 @@ class GromovWasserstein(AbstractIterativeSolver[GWProblem, Array, _GWState]):
 
     def terminate(self, problem: GWProblem, y, state: _GWState):
         started = state.steps > 0
-        converged = started & (state.change <= self.tol)
+        converged = started & (state.change <= self._tol())
         nonfinite = started & ~jnp.isfinite(state.change)
         done = converged | nonfinite | (state.steps >= self.max_steps)
         inner_ok = state.inner_result == RESULTS.successful
@@ -425,10 +434,11 @@ class GWSolution(Solution):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (10, 2))
-    geom = js.ot.PointCloud(x, x)
-    sol = js.ot.solve_gw(geom, geom, solver=js.ot.GromovWasserstein(epsilon=0.1))
-    assert sol.plan.shape == (10, 10) and jnp.allclose(sol.plan.sum(), 1.0, atol=1e-4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (15, 2))
+    y = jax.random.normal(jax.random.PRNGKey(1), (15, 3))
+    solver = js.ot.GromovWasserstein(epsilon=1.0)
+    sol = js.ot.solve_gw(js.ot.PointCloud(x, x), js.ot.PointCloud(y, y), solver=solver)
+    assert sol.plan.shape == (15, 15) and jnp.allclose(sol.plan.sum(), 1.0, atol=1e-4)
     assert sol.reg_cost >= sol.cost - 1e-6          # KL(T | a⊗b) >= 0
     ```
     """
@@ -450,7 +460,7 @@ def _check_geometry(geom, name):
             f"`{name}` must be a js.ot geometry (js.ot.PointCloud(x, x) or "
             f"js.ot.Geometry(cost_matrix)); got {type(geom).__name__}."
         )
-    if jnp.issubdtype(geom.dtype, jnp.complexfloating):
+    if jnp.issubdtype(jnp.zeros((), geom.dtype).dtype, jnp.complexfloating):
         raise TypeError(f"`{name}`'s cost must be real; got dtype {geom.dtype}.")
 
 
@@ -562,8 +572,8 @@ def solve_gw(
         raise TypeError("`fused_penalty` must be real.")
     a = _check_weights(a, n, "a")
     b = _check_weights(b, m, "b")
-    solver = GromovWasserstein() if solver is None else solver
-    if not isinstance(solver, GromovWasserstein):
+    gw = GromovWasserstein() if solver is None else solver
+    if not isinstance(gw, GromovWasserstein):
         raise TypeError(
             f"`solver` must be a js.ot.GromovWasserstein(epsilon=...); got {type(solver).__name__}."
         )
@@ -574,13 +584,16 @@ def solve_gw(
     fused_penalty = (
         jnp.asarray(fused_penalty) if isinstance(fused_penalty, float) else fused_penalty
     )
-    solver = eqx.tree_at(
-        lambda s: s.epsilon, solver, jnp.asarray(solver.epsilon), is_leaf=lambda x: x is None
+    # Python floats become arrays: new values are new data, never a recompilation.
+    as_array = lambda v: jnp.asarray(v) if isinstance(v, (int, float)) else v
+    gw = eqx.tree_at(
+        lambda s: (s.epsilon, s.tol, s.sinkhorn.tol),
+        gw,
+        (as_array(gw.epsilon), as_array(gw.tol), as_array(gw.sinkhorn.tol)),
+        is_leaf=lambda x: x is None,
     )
-    if isinstance(solver.tol, (int, float)):
-        solver = eqx.tree_at(lambda s: s.tol, solver, jnp.asarray(solver.tol))
     return _solve_gw(
-        geom_xx, geom_yy, a, b, geom_xy, fused_penalty, loss, solver, init, throw, progress
+        geom_xx, geom_yy, a, b, geom_xy, fused_penalty, loss, gw, init, throw, progress
     )
 
 
