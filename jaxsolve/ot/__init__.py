@@ -34,6 +34,12 @@ from ._geometry import (
     Geometry as Geometry,
     PointCloud as PointCloud,
 )
+from ._gw import (
+    GromovWasserstein as GromovWasserstein,
+    GWProblem as GWProblem,
+    GWSolution as GWSolution,
+    solve_gw as solve_gw,
+)
 from ._momentum import Momentum as Momentum
 from ._output import OTSolution as OTSolution
 from ._problem import OTProblem as OTProblem, ot_optimality as ot_optimality
