@@ -2,7 +2,9 @@
 used by `js.AndersonFixedPoint` and by Sinkhorn's `js.ot.AndersonSinkhorn`."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 from jaxtyping import Array
 
 
@@ -49,7 +51,11 @@ class AndersonMixer(eqx.Module):
         scaled = jnp.where(both, s[:, None] * gram * s[None, :], eye)
         # No live residual (at a fixed point, or no history): the plain step. Masked entries
         # are the identity, so the solve and its derivative stay finite.
-        beta = jnp.linalg.solve(scaled + jnp.asarray(rel, x.dtype) * eye, s)
+        # SPD (a Jacobi-scaled Gram matrix plus a ridge): Cholesky, which lowers to one
+        # factorisation and two triangular solves (LU's pivoting adds a loop to the program).
+        beta = jax.scipy.linalg.cho_solve(
+            jax.scipy.linalg.cho_factor(scaled + jnp.asarray(rel, x.dtype) * eye), s
+        )
         alpha = jnp.where(live, s * beta, 0.0)
         total = jnp.sum(alpha)
         plain = (jnp.arange(m) == slot).astype(x.dtype)

@@ -126,6 +126,36 @@ def test_hessian_vector_product_of_plan_loss():
     np.testing.assert_allclose(hvp, hvp_u, rtol=1e-6, atol=1e-8)
 
 
+def _count_whiles(fn, x) -> int:
+    """While loops in the lowered program (lineax's solves are primitives in a jaxpr)."""
+    return jax.jit(fn).lower(x).as_text().count("stablehlo.while")
+
+
+def test_reg_cost_gradient_needs_no_linear_solve():
+    """The envelope theorem: the dual is stationary in the potentials, so the gradient of
+    `reg_cost` has no adjoint loop (the program has the forward solve's loops only), while a
+    loss of the plan does need one."""
+    x, y, a, b, _ = _data()
+    cost = lambda x: _sol(x, y, a, b).reg_cost
+    plan = lambda x: _plan_loss(x, y, a, b)
+    forward = _count_whiles(cost, x)
+    assert _count_whiles(jax.grad(cost), x) == forward
+    assert _count_whiles(jax.grad(plan), x) > forward
+
+
+def test_reg_cost_second_derivatives_see_the_potentials():
+    """d²/dε² and the Hessian–vector product in x of `reg_cost` vs finite differences of its
+    gradient: the second order includes the potentials' implicit dependence."""
+    x, y, a, b, k = _data(6, 5)
+    v = jax.random.normal(k, x.shape)
+    grad = jax.grad(lambda x: _sol(x, y, a, b).reg_cost)
+    fd = (grad(x + 1e-5 * v) - grad(x - 1e-5 * v)) / 2e-5
+    np.testing.assert_allclose(jax.jvp(grad, (x,), (v,))[1], fd, rtol=1e-6, atol=1e-8)
+    d_eps = jax.grad(lambda e: _sol(x, y, a, b, eps=e).reg_cost)
+    fd_eps = (d_eps(EPS + 1e-5) - d_eps(EPS - 1e-5)) / 2e-5
+    np.testing.assert_allclose(jax.grad(d_eps)(EPS), fd_eps, rtol=1e-6)
+
+
 def test_blockwise_gradient_equals_dense():
     x, y, a, b, _ = _data()
     dense = jax.grad(lambda x: _sol(x, y, a, b).reg_cost)(x)
@@ -140,8 +170,9 @@ def test_blockwise_gradient_memory_is_blockwise():
     n = 512
     x = jax.random.normal(jax.random.PRNGKey(0), (n, 2), jnp.float32)
     y = x[::-1] + 0.5
+    # transport_cost, not reg_cost: its gradient runs the implicit adjoint (CG on the blocks).
     loss = lambda x: (
-        js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.5, batch_size=32), throw=False).reg_cost
+        js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.5, batch_size=32), throw=False).transport_cost
     )
     compiled = jax.jit(jax.value_and_grad(loss)).lower(x).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < 0.25 * n * n * 4

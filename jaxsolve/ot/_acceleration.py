@@ -20,6 +20,7 @@ class AbstractSinkhornAcceleration(eqx.Module):
       `v ↦ tv`; `active` is false before the target epsilon and in the log-domain fallback
       (then it returns `tv` and may forget its history); `v_next` must stay within `limit` of
       `tv` (and of `centre` unless it is `None`), or be `tv`.
+    - `forget(state)`: the sweeps ran without it (the log-domain fallback): drop the history.
     - `recentre(state, shift)`: the extrapolated vector was re-centred by `shift` (Sinkhorn's
       kernel was rebuilt at new potentials).
     - `after_check(state, err, err_prev, at_target, checks_at_target, check_every)`: after
@@ -54,6 +55,9 @@ class AbstractSinkhornAcceleration(eqx.Module):
         self, state: Any, v: Array, tv: Array, active: Bool[Array, ""], centre, limit
     ) -> tuple[Array, Any]:
         return tv, state
+
+    def forget(self, state: Any) -> Any:
+        return state
 
     def recentre(self, state: Any, shift: Array) -> Any:
         return state

@@ -67,6 +67,9 @@ class AndersonSinkhorn(AbstractSinkhornAcceleration):
         # Inactive: keep the history empty so that it starts afresh at the target epsilon.
         return v_new, (images, residuals, jnp.where(active, count, 0))
 
+    def forget(self, state):
+        return self.mixer.restart(state, True)
+
     def recentre(self, state, shift):
         images, residuals, count = state
         return images + shift, residuals, count

@@ -13,10 +13,8 @@ with `ρ = ε τ/(1 − τ)` (`τ = 1`: that marginal is a hard constraint). Poi
 have their potential set to 0 and are masked out of the plan.
 """
 
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -58,58 +56,6 @@ def _dense_marginals_jvp(primals, tangents):
 # The most iterations of the implicit derivative's linear solve (`js.linear.CG`; its
 # tolerance is in `OTProblem.adjoint_solver`).
 ADJOINT_MAX_STEPS = 2000
-
-
-class _OnFlatVectors(lx.AbstractLinearSolver):
-    """A lineax solver for flat vectors (`js.linear.CG`) run on the `(f, g)` operator of the
-    implicit derivative: vectors are concatenated on the way in and split on the way out.
-    The operator is symmetric (the OT Jacobian), so the transpose is the operator itself."""
-
-    solver: lx.AbstractLinearSolver
-
-    def init(self, operator, options):
-        leaves, treedef = jax.tree_util.tree_flatten(operator.in_structure())
-        layout = _Layout(treedef, tuple(leaf.shape for leaf in leaves))
-        struct = jax.ShapeDtypeStruct((layout.size,), jnp.result_type(*leaves))
-        flat = lx.FunctionLinearOperator(
-            lambda v: _join(operator.mv(layout.split(v))), struct, tags=HESSIAN_TAGS
-        )
-        return self.solver.init(flat, options), layout
-
-    def compute(self, state, vector, options):
-        inner, layout = state
-        value, result, stats = self.solver.compute(inner, _join(vector), options)
-        return layout.split(value), result, stats
-
-    def transpose(self, state, options):
-        return state, options
-
-    def conj(self, state, options):
-        return state, options
-
-    def assume_full_rank(self):
-        return True
-
-
-def _join(tree):
-    return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
-
-
-class _Layout(eqx.Module):
-    treedef: Any = eqx.field(static=True)
-    shapes: tuple = eqx.field(static=True)
-
-    @property
-    def size(self):
-        return sum(math.prod(s) for s in self.shapes)
-
-    def split(self, v):
-        parts, start = [], 0
-        for shape in self.shapes:
-            k = math.prod(shape)
-            parts.append(v[start : start + k].reshape(shape))
-            start += k
-        return jax.tree_util.tree_unflatten(self.treedef, parts)
 
 
 class OTProblem(AbstractProblem):
@@ -177,7 +123,7 @@ class OTProblem(AbstractProblem):
         # f + c, g − c), and in float32 CG meets a vanishing curvature along that direction or
         # its iteration cap at the rounding floor with an accurate iterate; that iterate is the
         # derivative (within 1e-4 of float64 references, benchmarks/RESULTS-ot-scale.md).
-        return ReportedSolver(_OnFlatVectors(CG(tol=tol, max_steps=ADJOINT_MAX_STEPS)))
+        return ReportedSolver(CG(tol=tol, max_steps=ADJOINT_MAX_STEPS))
 
     def invalid(self):
         """`(bad_values, nonfinite_cost)`: negative/NaN weights or zero mass, unequal masses

@@ -194,13 +194,16 @@ class Sinkhorn(AbstractOTSolver):
             fm = jnp.where(problem.mask_a, f1, -jnp.inf)
             g_new = eps * problem.log_b - problem.tau_b * eps * geom.lse(fm / eps, eps, 0)
             g1 = jnp.where(problem.mask_b, _relax(g, g_new, omega), 0.0)
-            g1, s = acc.extrapolate(s, g, g1, active, None, lim)
+            if active is not False:  # statically off in the kernel's fallback: not compiled
+                g1, s = acc.extrapolate(s, g, g1, active, None, lim)
             return f1, g1, s
 
         if count is None:
             f, g, acc_state = self._fori(sweep, (f, g, acc_state), live)
         else:
             f, g, acc_state = jax.lax.fori_loop(0, count, sweep, (f, g, acc_state))
+        if active is False:
+            acc_state = acc.forget(acc_state)
         return f, g, problem.marginal_error(f, g, eps), acc_state
 
     def _kernel_sweeps(self, problem, K, KT, fK, gK, eps, lu, lv, omega, acc_state, active, live):
