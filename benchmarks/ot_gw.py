@@ -68,8 +68,10 @@ def rotated_copy(n, seed=0):
 
 
 def ours(eps, alpha=None):
+    # POT's fused objective α·GW + (1 − α)·W at ε is α × (GW + λ W) at ε/α, λ = (1 − α)/α
+    # (jaxsolve's `fused_penalty`, OTT-JAX's convention).
     solver = js.ot.GromovWasserstein(
-        epsilon=eps,
+        epsilon=eps if alpha is None else eps / alpha,
         tol=TOL_OUTER,
         max_steps=5000,
         sinkhorn=js.ot.Sinkhorn(tol=TOL_INNER, epsilon_scaling=None),
@@ -81,10 +83,11 @@ def ours(eps, alpha=None):
             js.ot.PointCloud(x, x),
             js.ot.PointCloud(y, y),
             geom_xy=geom_xy,
-            fused_penalty=1.0 if alpha is None else alpha,
+            fused_penalty=0.0 if alpha is None else (1 - alpha) / alpha,
             solver=solver,
         )
-        return sol.cost, sol.plan, sol.stats["num_steps"]
+        cost = sol.cost if alpha is None else alpha * sol.cost  # in POT's scale
+        return cost, sol.plan, sol.stats["num_steps"]
 
     return run
 

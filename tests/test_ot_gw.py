@@ -81,12 +81,13 @@ def test_dense_batch_matches_pot_with_one_bad_member_of_each_kind():
     u, v = np.full(N, 1 / N), np.full(M_, 1 / M_)
     # (Cx, Cy, fused_penalty, a, b, ε, expected result)
     members = [
-        (Cx, Cy, 1.0, u, v, 0.05, R.successful),  # GW
-        (Cx, Cy, 0.4, a, b, 0.03, R.successful),  # fused GW, weighted
+        (Cx, Cy, 0.0, u, v, 0.05, R.successful),  # GW (the linear term's weight 0)
+        # fused GW, weighted: λ = 1.5, ε = 0.075 is POT's alpha = 1/(1 + λ) = 0.4, ε = 0.03
+        (Cx, Cy, 1.5, a, b, 0.075, R.successful),
         (np.where(np.eye(N) > 0, np.nan, Cx), Cy, 1.0, u, v, 0.05, R.nonfinite),
         (Cx, Cy, 1.0, np.r_[-0.1, u[1:] + 0.1 / (N - 1)], v, 0.05, R.invalid_input),
         (Cx, Cy, 1.0, u, v, -0.05, R.invalid_input),  # ε ≤ 0
-        (Cx, Cy, 1.5, u, v, 0.05, R.invalid_input),  # fused_penalty outside [0, 1]
+        (Cx, Cy, -0.5, u, v, 0.05, R.invalid_input),  # a negative fused_penalty
         (Cx, Cy, 1.0, u, 2 * v, 0.05, R.invalid_input),  # unequal masses
     ]
     stack = lambda i: jnp.asarray(
@@ -108,12 +109,12 @@ def test_dense_batch_matches_pot_with_one_bad_member_of_each_kind():
     np.testing.assert_allclose(plan[0], T0, atol=1e-9)
     np.testing.assert_allclose(cost[0], log0["gw_dist"], rtol=1e-8)
     np.testing.assert_allclose(plan[1], T1, atol=1e-9)
-    np.testing.assert_allclose(cost[1], log1["fgw_dist"], rtol=1e-8)
+    np.testing.assert_allclose(cost[1], log1["fgw_dist"] / 0.4, rtol=1e-8)  # POT's is α E
     # reg_cost = cost + ε KL(T | a⊗b)
     kl = np.sum(T1 * np.log(T1 / np.outer(a, b)))
-    np.testing.assert_allclose(reg[1], log1["fgw_dist"] + 0.03 * kl, rtol=1e-8)
-    # d reg_cost / d Cx with the plan fixed (envelope): 2α Σ_jl (Cx_ik − Cy_jl) T_ij T_kl ...
-    # checked in closed form: ∂/∂Cx_ik of α Σ_jl (Cx_ik − Cy_jl)² T_ij T_kl
+    np.testing.assert_allclose(reg[1], (log1["fgw_dist"] + 0.03 * kl) / 0.4, rtol=1e-8)
+    # d reg_cost / d Cx with the plan fixed (envelope): 2 Σ_jl (Cx_ik − Cy_jl) T_ij T_kl ...
+    # checked in closed form: ∂/∂Cx_ik of Σ_jl (Cx_ik − Cy_jl)² T_ij T_kl
     L = 2 * (Cx[:, None, :, None] - Cy[None, :, None, :])
     ref = 1.0 * np.einsum("ijkl,ij,kl->ik", L, T0, T0)
     np.testing.assert_allclose(grad[0], ref, rtol=1e-7, atol=1e-10)
@@ -248,8 +249,8 @@ def test_static_misuse_raises_clear_errors():
     gx, gy = js.ot.PointCloud(x, x), js.ot.PointCloud(jnp.zeros((3, 3)), jnp.zeros((3, 3)))
     with pytest.raises(ValueError, match="geom_xy.*4 × 3"):
         js.ot.solve_gw(gx, gy, geom_xy=js.ot.Geometry(jnp.zeros((3, 4))), fused_penalty=0.5)
-    with pytest.raises(ValueError, match="fused_penalty.*\\[0, 1\\]"):
-        js.ot.solve_gw(gx, gy, fused_penalty=1.5)
+    with pytest.raises(ValueError, match="fused_penalty.*>= 0"):
+        js.ot.solve_gw(gx, gy, fused_penalty=-1.0)
     with pytest.raises(ValueError, match="epsilon.*positive"):
         js.ot.GromovWasserstein(epsilon=0.0)
     with pytest.raises(ValueError, match="square"):

@@ -3,14 +3,15 @@
 GW compares two metric-measure spaces that share no coordinates: with `Cx` (`n × n`) and `Cy`
 (`m × m`) the intra-space costs and `L` a loss, it minimises over plans `T ∈ Π(a, b)`
 
-    E(T) = α Σᵢⱼₖₗ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + (1 − α) ⟨M, T⟩     (+ ε KL(T | a⊗b))
+    E(T) = Σᵢⱼₖₗ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + λ ⟨M, T⟩     (+ ε KL(T | a⊗b))
 
-(`α = fused_penalty`, POT's `alpha`; the linear term `M` only when `geom_xy` is given: fused
-GW). Each outer step linearises `E` at the current plan and solves the entropic OT problem
-with that cost, `T ← argmin_{T ∈ Π(a, b)} ⟨∇E(T_k), T⟩ + ε KL(T | a⊗b)`: mirror descent with
-step `1/ε` (Peyré, Cuturi, Solomon, ICML 2016, Prop. 2 with the factor 2 of the gradient, as
-in POT). The inner problems are solved by `js.ot.solve` with `js.ot.Sinkhorn`, warm-started
-from the previous outer step's potentials.
+(`λ = fused_penalty`, OTT-JAX's convention; the linear term `M` only when `geom_xy` is given:
+fused GW. POT's `alpha` is `1/(1 + λ)`: its objective is `α E` at `ε_POT = α ε`). Each outer
+step linearises `E` at the current plan and solves the entropic OT problem with that cost, `T ←
+argmin_{T ∈ Π(a, b)} ⟨∇E(T_k), T⟩ + ε KL(T | a⊗b)`: mirror descent with step `1/ε` (Peyré,
+Cuturi, Solomon, ICML 2016, Prop. 2 with the factor 2 of the gradient, as in POT). The inner
+problems are solved by `js.ot.solve` with `js.ot.Sinkhorn`, warm-started from the previous
+outer step's potentials.
 
 Memory: the tensor `L(Cx, Cy)` (`n²m²`) is never formed. For a loss
 `L(a, b) = f₁(a) + f₂(b) − h₁(a) h₂(b)` (squared loss: `a², b², a, 2b`; KL loss:
@@ -101,7 +102,7 @@ class GWProblem(AbstractProblem):
 
     **Attributes:** `geom_xx` (`n × n` cost of the source space), `geom_yy` (`m × m`, target
     space), `a`, `b` (weights), `geom_xy` (`n × m` linear cost of fused GW, or `None`),
-    `fused_penalty` (`α` in `[0, 1]`: the weight of the GW term, POT's `alpha`), `epsilon`,
+    `fused_penalty` (`λ ≥ 0`: the weight of the linear term, OTT-JAX's convention), `epsilon`,
     `loss` (`"sqeuclidean"` or `"kl"`, static) and `checked` (the verdict of `validate()` on
     the data as given, when `js.ot.solve_gw` replaced invalid values by stand-ins). The
     geometries' own `epsilon`s are not used. Costs are taken as symmetric (distances are).
@@ -148,7 +149,7 @@ class GWProblem(AbstractProblem):
         return default_tol(dtype, 1e-6, 1e-4)
 
     # ---- the loss's decomposition ---------------------------------------------------------
-    def _alpha(self):
+    def _penalty(self):
         return jnp.asarray(self.fused_penalty, self.a.dtype)
 
     def _constant_terms(self, r, c):
@@ -171,23 +172,21 @@ class GWProblem(AbstractProblem):
         return None if self.geom_xy is None else self.geom_xy.cost_matrix
 
     def linearised_cost(self, T, constants=None):
-        """`∇E(T) = 2α L ⊗ T + (1 − α) M`, with `T`'s marginals taken as `a`, `b` (POT's
-        `gwggrad`; `constants` = `_constant_terms(a, b)` when precomputed)."""
+        """`∇E(T) = 2 L ⊗ T + λ M`, with `T`'s marginals taken as `a`, `b` (POT's `gwggrad`;
+        `constants` = `_constant_terms(a, b)` when precomputed)."""
         u, v = self._constant_terms(self.a, self.b) if constants is None else constants
-        alpha = self._alpha()
-        G = 2.0 * alpha * (u[:, None] + v[None, :] - self._cross(T))
+        G = 2.0 * (u[:, None] + v[None, :] - self._cross(T))
         M = self.linear_cost()
-        return G if M is None else G + (1 - alpha) * M
+        return G if M is None else G + self._penalty() * M
 
     def objective(self, T):
-        """`E(T) = α ⟨L ⊗ T, T⟩ + (1 − α) ⟨M, T⟩` (no entropy: POT's `gw_dist` / `fgw_dist`),
-        with `T`'s own marginals in `L ⊗ T`."""
+        """`E(T) = ⟨L ⊗ T, T⟩ + λ ⟨M, T⟩` (no entropy: POT's `gw_dist`; `fgw_dist / α` with
+        POT's `α = 1/(1 + λ)`), with `T`'s own marginals in `L ⊗ T`."""
         r, c = jnp.sum(T, axis=1), jnp.sum(T, axis=0)
         u, v = self._constant_terms(r, c)
-        alpha = self._alpha()
-        E = alpha * (u @ r + v @ c - jnp.sum(self._cross(T) * T))
+        E = u @ r + v @ c - jnp.sum(self._cross(T) * T)
         M = self.linear_cost()
-        return E if M is None else E + (1 - alpha) * jnp.sum(M * T)
+        return E if M is None else E + self._penalty() * jnp.sum(M * T)
 
     def kl(self, T):
         """`KL(T | a⊗b) = Σ T log(T / (a b)) − Σ T + Σa Σb`."""
@@ -203,15 +202,15 @@ class GWProblem(AbstractProblem):
 
     def invalid(self):
         """`(bad_values, nonfinite)`: negative/NaN weights, zero or unequal masses, `ε ≤ 0`,
-        `fused_penalty` outside `[0, 1]`; NaN/inf in the geometries."""
+        a negative or non-finite `fused_penalty`; NaN/inf in the geometries."""
         a, b = self.a, self.b
         mass_a, mass_b = jnp.sum(a), jnp.sum(b)
         rtol = 100 * jnp.finfo(a.dtype).eps
-        eps, alpha = jnp.asarray(self.epsilon), self._alpha()
+        eps, lam = jnp.asarray(self.epsilon), self._penalty()
         bad = jnp.any(~(a >= 0)) | jnp.any(~(b >= 0)) | ~(mass_a > 0) | ~(mass_b > 0)
         bad = bad | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b)
         bad = bad | (jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b))
-        bad = bad | ~(eps > 0) | ~jnp.isfinite(eps) | ~((alpha >= 0) & (alpha <= 1))
+        bad = bad | ~(eps > 0) | ~jnp.isfinite(eps) | ~(lam >= 0) | ~jnp.isfinite(lam)
         geoms = [self.geom_xx, self.geom_yy] + ([] if self.geom_xy is None else [self.geom_xy])
         finite = jnp.all(jnp.stack([_finite(g) for g in geoms]))
         return bad, ~finite
@@ -240,7 +239,7 @@ class GWProblem(AbstractProblem):
                 jnp.where(bad, 1.0 / n, self.a),
                 jnp.where(bad, 1.0 / m, self.b),
                 jnp.where(bad, 1.0, self.epsilon),
-                jnp.where(bad, 1.0, self._alpha()),
+                jnp.where(bad, 1.0, self._penalty()),
                 checked,
             ),
             is_leaf=lambda x: x is None,
@@ -417,10 +416,11 @@ class GWSolution(Solution):
 
     - `plan`: `T` (the same array as `value`; carries no derivative: differentiate `cost` or
       `reg_cost`).
-    - `cost`: the GW objective at the plan, `E(T) = α Σ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + (1 − α)⟨M, T⟩`,
-      without the entropy: POT's `log["gw_dist"]` / `log["fgw_dist"]`. Its derivative holds
-      the plan fixed (points, cost matrices, `fused_penalty`: `∂E/∂θ`; weights: the dual
-      potentials of the final linearised problem, as for `reg_cost`; `ε`: 0).
+    - `cost`: the GW objective at the plan, `E(T) = Σ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + λ⟨M, T⟩`,
+      without the entropy: POT's `log["gw_dist"]` (fused: `log["fgw_dist"] / alpha`). Its
+      derivative holds the plan fixed (points, cost matrices, `fused_penalty`: `∂E/∂θ`;
+      weights: the dual potentials of the final linearised problem, as for `reg_cost`; `ε`:
+      0).
     - `reg_cost`: the entropic objective `E(T) + ε KL(T | a⊗b)` the solver minimises; its
       derivative (envelope theorem at the stationary plan) is exact, in the points, the cost
       matrices, the weights, `ε` and `fused_penalty`.
@@ -494,10 +494,11 @@ def solve_gw(
     """Solve an entropic (fused) Gromov–Wasserstein problem, differentiably.
 
     Finds a stationary plan of `E(T) + ε KL(T | a⊗b)` over `T ∈ Π(a, b)`, with
-    `E(T) = α Σᵢⱼₖₗ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + (1 − α) ⟨M, T⟩` (`α = fused_penalty`, `M` the cost
-    of `geom_xy`), by linearised Sinkhorn steps (`js.ot.GromovWasserstein`). The same
-    iteration and objective as POT's `ot.gromov.entropic_gromov_wasserstein` /
-    `entropic_fused_gromov_wasserstein(..., alpha=fused_penalty)` at the same `epsilon`;
+    `E(T) = Σᵢⱼₖₗ L(Cx_ik, Cy_jl) Tᵢⱼ Tₖₗ + λ ⟨M, T⟩` (`λ = fused_penalty`, `M` the cost of
+    `geom_xy`), by linearised Sinkhorn steps (`js.ot.GromovWasserstein`). The same iteration
+    and objective as POT's `ot.gromov.entropic_gromov_wasserstein` at the same `epsilon`, and
+    as `entropic_fused_gromov_wasserstein(..., alpha=1/(1 + λ), epsilon=alpha·ε)` (POT's
+    fused objective is `alpha` times this one);
     OTT-JAX's `GromovWasserstein` linearises without the gradient's factor 2, so its `epsilon`
     is half of this one. Memory `O(n m)` for point clouds with the squared Euclidean cost
     (never `n² m²`, nor `n × n`), `O(n² + m²)` for other geometries.
@@ -509,15 +510,15 @@ def solve_gw(
       `js.ot.Geometry(Cx)`. Their `epsilon` is not used. The costs are taken as symmetric.
     - `a`, `b`: nonnegative weights of equal mass (default uniform).
     - `geom_xy`: an `n × m` geometry between the spaces for fused GW (e.g. features), or `None`.
-    - `fused_penalty`: `α` in `[0, 1]`, the weight of the GW term (POT's `alpha`); the linear
-      term has weight `1 − α` (so with the default 1.0 `geom_xy` has no effect: pass e.g. 0.5).
+    - `fused_penalty`: `λ ≥ 0`, the weight of the linear term `⟨M, T⟩` against the GW term
+      (OTT-JAX's convention; used only with `geom_xy`).
     - `loss`: `"sqeuclidean"` (`(a − b)²`, default) or `"kl"` (`a log(a/b) − a + b`, positive
       costs; dense products).
     - `solver`: `js.ot.GromovWasserstein(epsilon=..., tol=..., max_steps=...)`.
     - `init`: a starting plan (default `a bᵀ`).
     - `throw`: raise on failure; with `False` read `sol.result` (use under `vmap`).
-      `invalid_input` for negative weights, unequal masses, `ε ≤ 0` or `fused_penalty` outside
-      `[0, 1]`; `nonfinite` for NaN/inf in the data; `max_steps_reached`;
+      `invalid_input` for negative weights, unequal masses, `ε ≤ 0` or a negative
+      `fused_penalty`; `nonfinite` for NaN/inf in the data; `max_steps_reached`;
       `inner_not_converged` when the last Sinkhorn solve missed its `tol`.
     - `progress`: `True` for a progress bar on stderr, or a callback `fn(step, plan_change)`.
 
@@ -560,10 +561,11 @@ def solve_gw(
             )
     if loss not in _LOSSES:
         raise ValueError(f"`loss` must be one of {_LOSSES}; got {loss!r}.")
-    if isinstance(fused_penalty, (int, float)) and not 0 <= fused_penalty <= 1:
+    if isinstance(fused_penalty, (int, float)) and not 0 <= fused_penalty < float("inf"):
         raise ValueError(
-            f"`fused_penalty` must be in [0, 1] (the weight of the GW term, POT's `alpha`; the "
-            f"linear term gets 1 − fused_penalty); got {fused_penalty!r}."
+            "`fused_penalty` must be a finite number >= 0 (the weight of the linear term "
+            f"<M, T> against the GW term; POT's alpha is 1/(1 + fused_penalty)); got "
+            f"{fused_penalty!r}."
         )
     if jnp.issubdtype(jnp.result_type(fused_penalty), jnp.complexfloating):
         raise TypeError("`fused_penalty` must be real.")
@@ -602,8 +604,8 @@ def _solve_gw(geom_xx, geom_yy, a, b, geom_xy, fused_penalty, loss, solver, init
     a = jnp.full(n, 1.0 / n, dtype) if a is None else a.astype(dtype)
     b = jnp.full(m, 1.0 / m, dtype) if b is None else b.astype(dtype)
     eps = jnp.asarray(solver.epsilon, dtype)
-    alpha = jnp.asarray(fused_penalty, dtype)
-    problem = GWProblem(geom_xx, geom_yy, a, b, geom_xy, alpha, eps, loss)
+    penalty = jnp.asarray(fused_penalty, dtype)
+    problem = GWProblem(geom_xx, geom_yy, a, b, geom_xy, penalty, eps, loss)
     if solver.tol is None:
         solver = eqx.tree_at(
             lambda s: s.tol,
