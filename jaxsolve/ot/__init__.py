@@ -34,6 +34,11 @@ from ._geometry import (
     Geometry as Geometry,
     PointCloud as PointCloud,
 )
+from ._low_rank import (
+    LowRankOTProblem as LowRankOTProblem,
+    LowRankOTSolution as LowRankOTSolution,
+    LowRankSinkhorn as LowRankSinkhorn,
+)
 from ._momentum import Momentum as Momentum
 from ._output import OTSolution as OTSolution
 from ._problem import OTProblem as OTProblem, ot_optimality as ot_optimality
