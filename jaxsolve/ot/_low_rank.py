@@ -19,9 +19,10 @@ formed. Other point-cloud costs go block by block (`batch_size`) or densely; a `
 uses its matrix.
 
 The problem is not convex: the solution is a stationary point reached from the initial
-factors (random, from the solver's `key`, as OTT-JAX's `RandomInitializer`: the same key
-gives the same factors). Derivatives come from the envelope theorem: at a stationary point
-the derivative of the objective with respect to the cost is the plan, so `sol.cost` is
+factors (deterministic quasi-random ones by default; with a `key`, the random ones of
+OTT-JAX's `RandomInitializer`: the same key gives the same factors). Derivatives come from
+the envelope theorem: at a stationary point the derivative of the objective with respect
+to the cost is the plan, so `sol.cost` is
 differentiated as `⟨C, P⟩` with the factors held fixed (the loop is never differentiated).
 """
 
@@ -191,15 +192,19 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
       lowers the objective beyond the projections' accuracy: a stationary point).
     - `max_steps`: the most mirror-descent steps (default 2000).
     - `inner_tol`: Dykstra stops once `‖Q1 − a‖₁ + ‖R1 − b‖₁ ≤ inner_tol` (`Qᵀ1 = Rᵀ1 = g`
-      hold exactly); `None`: 1e-5 in float64, 1e-4 in float32. `inner_max_steps`: its cap
-      (default 1000).
+      hold exactly); `None`: 1e-4 (OTT-JAX's Dykstra stops at 1e-3). `inner_max_steps`: its
+      cap (default 2000). Large steps `gamma` make the projections slower to converge.
     - `min_weight`: the lower bound `α` on `g` (default 1e-6 × total mass, OTT-JAX's).
-    - `key`: a `jax.random.PRNGKey` or an int seed (default 0) for the random initial
-      factors (those of OTT-JAX's `RandomInitializer` for the same key). Or warm-start with
+    - `key`: `None` (default): deterministic initial factors (rows proportional to `a`, `b`
+      times distinct quasi-random column profiles; reproducible, and cheap to compile); or a
+      `jax.random.PRNGKey` / an int seed: random factors, those of OTT-JAX's
+      `RandomInitializer` for the same key. Or warm-start with
       `js.ot.solve(..., init=(q, r, g))`.
 
-    `sol.result`: `successful` once the factor change is at most `tol` with Dykstra
-    converged; `inner_not_converged` if the last projection missed `inner_tol`;
+    `sol.result`: `successful` once the factor change is at most `tol` with the last
+    projection's marginal error within `10 · inner_tol` (Dykstra slows down near plans with
+    vanishing entries and may stop at its cap a little above `inner_tol`; see
+    `stats["marginal_error"]`); `inner_not_converged` beyond that;
     `max_steps_reached`; `nonfinite`. `stats`: `num_steps`, `factor_change`,
     `marginal_error` (of the last projection), `inner_steps` (Dykstra iterations in all),
     `rejected_steps`.
@@ -224,10 +229,10 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
     tol: float | Array | None = None
     max_steps: int = eqx.field(static=True, default=2000)
     inner_tol: float | Array | None = None
-    inner_max_steps: int = eqx.field(static=True, default=1000)
+    inner_max_steps: int = eqx.field(static=True, default=2000)
     min_weight: float | Array = 1e-6
     gamma_rescale: bool = eqx.field(static=True, default=True)
-    key: Array | int = 0
+    key: Array | int | None = None
 
     def __check_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -323,7 +328,10 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
         # lowers the objective beyond the projection's accuracy: a stationary point.
         stuck = state.step_scale < 2.0**-10
         done = (state.change <= self.tol) | stuck | ~finite
-        inner_ok = state.marginal_error <= jnp.asarray(self.inner_tol, state.change.dtype)
+        # Near a solution on the boundary of the constraint set (entries of Q or R → 0, as for
+        # clustered data) Dykstra slows down and may stop at its cap a little above
+        # `inner_tol`; only a projection 10× off is a failure.
+        inner_ok = state.marginal_error <= 10 * jnp.asarray(self.inner_tol, state.change.dtype)
         result = RESULTS.where(inner_ok, RESULTS.successful, RESULTS.inner_not_converged)
         return done, RESULTS.where(finite, result, RESULTS.nonfinite)
 
@@ -420,12 +428,35 @@ def random_factors(key, a, b, rank):
     `|N(0, 1)|` normalised to `a`, `b` (from `jax.random.split(key, 3)` as `g, q, r`)."""
     kg, kq, kr = jax.random.split(key, 3)
     g = jax.random.uniform(kg, (rank,), a.dtype) + 1.0
-    g = g / jnp.sum(g) * jnp.sum(a)
     q = jnp.abs(jax.random.normal(kq, (a.shape[0], rank), a.dtype))
     r = jnp.abs(jax.random.normal(kr, (b.shape[0], rank), b.dtype))
+    return _normalise_factors(q, r, g, a, b)
+
+
+def _weyl(rows, rank, shift, dtype):
+    """`0.5 + frac(i φ₁ + k φ₂ + shift)`: a low-discrepancy (R₂) sequence, in `[0.5, 1.5)`."""
+    i = jnp.arange(1, rows + 1, dtype=dtype)[:, None]
+    k = jnp.arange(1, rank + 1, dtype=dtype)[None, :]
+    t = i * 0.7548776662466927 + k * 0.5698402909980532 + shift
+    return 0.5 + (t - jnp.floor(t))
+
+
+def deterministic_factors(a, b, rank):
+    """The default initial factors: rows of `Q` (`R`) proportional to `a` (`b`) times
+    distinct quasi-random profiles over the `r` columns (an R₂ low-discrepancy sequence: no
+    two columns alike, so the symmetric saddle point `Q = a gᵀ` is avoided), `g` likewise.
+    Reproducible and cheap to compile (no random number generator)."""
+    dtype = a.dtype
+    q = _weyl(a.shape[0], rank, 0.0, dtype)
+    r = _weyl(b.shape[0], rank, 0.31, dtype)
+    g = _weyl(1, rank, 0.67, dtype)[0]
+    return _normalise_factors(q, r, g, a, b)
+
+
+def _normalise_factors(q, r, g, a, b):
     q = a[:, None] * q / jnp.sum(q, axis=1, keepdims=True)
     r = b[:, None] * r / jnp.sum(r, axis=1, keepdims=True)
-    return q, r, g
+    return q, r, g / jnp.sum(g) * jnp.sum(a)
 
 
 class _EnvelopeAdjoint(AbstractAdjoint):
@@ -566,10 +597,8 @@ def solve_low_rank(geom, a, b, solver, adjoint, init, throw, progress) -> LowRan
         got = tuple(v.shape for v in init)
         if got != want:
             raise ValueError(f"`init` factors (q, r, g) must have shapes {want}; got {got}.")
-    key = solver.key
-    if isinstance(key, int) and not isinstance(key, bool):
-        key = jax.random.PRNGKey(key)
-    solver = eqx.tree_at(lambda s: s.key, solver, key)
+    if isinstance(solver.key, int) and not isinstance(solver.key, bool):
+        solver = eqx.tree_at(lambda s: s.key, solver, jax.random.PRNGKey(solver.key))
     solver = floats_to_arrays(solver)
     return _solve_low_rank(geom, a, b, solver, init, throw, progress)
 
@@ -593,7 +622,7 @@ def _solve_low_rank(geom, a, b, solver, init, throw, progress):
                 LowRankOTProblem.default_tol(dtype) if solver.tol is None else solver.tol, dtype
             ),
             jnp.asarray(
-                default_tol(dtype, 1e-5, 1e-4) if solver.inner_tol is None else solver.inner_tol,
+                1e-4 if solver.inner_tol is None else solver.inner_tol,
                 dtype,
             ),
         ),
@@ -613,10 +642,12 @@ def _solve_low_rank(geom, a, b, solver, init, throw, progress):
         solver,
         (jnp.where(bad, 10.0, solver.gamma), jnp.where(bad, 0.0, solver.epsilon)),
     )
-    if init is None:
-        y0 = random_factors(solver.key, problem.a, problem.b, solver.rank)
-    else:
+    if init is not None:
         y0 = tuple(v.astype(dtype) for v in init)
+    elif solver.key is None:
+        y0 = deterministic_factors(problem.a, problem.b, solver.rank)
+    else:
+        y0 = random_factors(solver.key, problem.a, problem.b, solver.rank)
     sol = iterative_solve(
         problem,
         solver,
