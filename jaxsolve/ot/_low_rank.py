@@ -306,7 +306,11 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
         # Monotone safeguard: mirror descent on this non-convex objective can jump uphill
         # (the rescaled step grows as the gradients shrink); such a step is rejected and the
         # step halved. A NaN objective is accepted, so that it surfaces as `nonfinite`.
+        # The projections are inexact: two iterates whose marginals are off by δ each may
+        # differ in cost by about δ · max C (≈ max |C R / g|) without either being worse.
+        cost_scale = jnp.max(jnp.abs(CR / g[None, :]))
         slack = 10 * jnp.finfo(dtype).eps * jnp.abs(state.objective)
+        slack = slack + (err + jnp.minimum(state.marginal_error, err + inner_tol)) * cost_scale
         accept = ~(objective > state.objective + slack)
         change = _sym_kl(q_new, q) + _sym_kl(r_new, r) + _sym_kl(g_new, g)
         pick = lambda new, old: jnp.where(accept, new, old)
@@ -327,7 +331,7 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
         # A step scale of 2⁻¹⁰ means ten net rejections: no step along the mirror direction
         # lowers the objective beyond the projection's accuracy: a stationary point.
         stuck = state.step_scale < 2.0**-10
-        done = (state.change <= self.tol) | stuck | ~finite
+        done = (state.change <= jnp.asarray(self.tol)) | stuck | ~finite
         # Near a solution on the boundary of the constraint set (entries of Q or R → 0, as for
         # clustered data) Dykstra slows down and may stop at its cap a little above
         # `inner_tol`; only a projection 10× off is a failure.
