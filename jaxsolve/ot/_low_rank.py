@@ -180,11 +180,12 @@ class LowRankSinkhorn(AbstractIterativeSolver[LowRankOTProblem, tuple, _LRState]
     **Arguments:**
 
     - `rank`: the rank `r`, `1 ≤ r ≤ min(n, m)` (a Python int).
-    - `gamma`: the mirror-descent step (default 100; OTT-JAX's is 10, which is 5–10× slower
-      to reach the same cost on clustered and Gaussian clouds), divided every step by the
-      largest squared entry of the gradients (`gamma_rescale`, default `True`, as OTT-JAX),
-      so it does not depend on the cost's scale. A step that raises the objective is
-      rejected and the step halved (doubled again, up to `gamma`, after an accepted one).
+    - `gamma`: the mirror-descent step (default 100; OTT-JAX's default 10 descends much
+      more slowly: at 10 000 points in benchmarks/RESULTS-lowrank.md it ends at 3× the cost
+      of γ = 100 after 300 steps), divided every step by the largest squared entry of the
+      gradients (`gamma_rescale`, default `True`, as OTT-JAX's). A step that raises the
+      objective (beyond the projections' accuracy) is rejected and the step halved (doubled
+      again, up to `gamma`, after an accepted one).
     - `epsilon`: an entropic term `−ε (H(Q) + H(R) + H(g))` on top (default 0: plain low-rank
       OT, as in the paper and OTT-JAX). The geometry's own `epsilon` is not used.
     - `tol`: on the factor change of an accepted step (`None`: 1e-7 in float64, 1e-6 in
