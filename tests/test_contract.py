@@ -142,7 +142,9 @@ def _least_squares(solver):
 
 def _value(sol):
     # For a hypergradient: its outer loss (differentiable through the inner solve).
+    # For low-rank OT: its cost (the factors carry no derivative: envelope theorem).
     out = sol.loss if isinstance(sol, js.bilevel.Hypergradient) else sol.value
+    out = sol.cost if isinstance(sol, js.ot.LowRankOTSolution) else out
     leaves = jax.tree_util.tree_leaves(out)
     return sum(jnp.sum(leaf) for leaf in leaves)
 
@@ -172,6 +174,7 @@ CASES = {  # built lazily, so that one family's construction error fails only it
     "ot-Sinkhorn": lambda: _ot(js.ot.Sinkhorn()),
     "ot-SparseNewton": lambda: _ot(js.ot.SparseNewton(tol=1e-5 if F32 else 1e-8)),
     "ot-IterativeBregman": lambda: _barycenter(js.ot.IterativeBregman()),
+    "ot-LowRankSinkhorn": lambda: _ot(js.ot.LowRankSinkhorn(rank=2)),
     "bilevel-Implicit": lambda: _hypergradient(js.bilevel.Implicit()),
     "bilevel-Unrolled": lambda: _hypergradient(
         # "bounded": differentiable again (a checkpointed loop's reverse pass is not)

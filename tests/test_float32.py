@@ -19,6 +19,7 @@ FILES = [
     "test_constrained.py::-k projections or proxes or nnls or one_bad_member",
     "test_linear_pytree.py",
     "test_least_squares.py",
+    "test_ot_lowrank.py",
 ]
 
 

@@ -40,6 +40,11 @@ from ._gw import (
     GWSolution as GWSolution,
     solve_gw as solve_gw,
 )
+from ._low_rank import (
+    LowRankOTProblem as LowRankOTProblem,
+    LowRankOTSolution as LowRankOTSolution,
+    LowRankSinkhorn as LowRankSinkhorn,
+)
 from ._momentum import Momentum as Momentum
 from ._output import OTSolution as OTSolution
 from ._problem import OTProblem as OTProblem, ot_optimality as ot_optimality

@@ -11,6 +11,7 @@ from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._solve import iterative_solve, with_tol
 from ._base import AbstractOTSolver
 from ._geometry import AbstractGeometry
+from ._low_rank import LowRankOTSolution, LowRankSinkhorn, solve_low_rank
 from ._output import OTSolution
 from ._problem import OTProblem
 from ._sinkhorn import Sinkhorn
@@ -51,12 +52,12 @@ def solve(
     *,
     tau_a=1.0,
     tau_b=1.0,
-    solver: AbstractOTSolver | None = None,
+    solver: AbstractOTSolver | LowRankSinkhorn | None = None,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     init=None,
     throw: bool = True,
     progress: bool | Callable = False,
-) -> OTSolution:
+) -> OTSolution | LowRankOTSolution:
     """Solve an entropic optimal-transport problem, differentiably.
 
     Finds the potentials `(f, g)` of `min_P ⟨C, P⟩ + ε KL(P | a⊗b)` (+ `ρ KL` marginal
@@ -114,10 +115,10 @@ def solve(
             f"got {type(geom).__name__}."
         )
     solver = Sinkhorn() if solver is None else solver
-    if not isinstance(solver, AbstractOTSolver):
+    if not isinstance(solver, (AbstractOTSolver, LowRankSinkhorn)):
         raise TypeError(
-            "`solver` must be an OT solver such as js.ot.Sinkhorn(...); got "
-            f"{type(solver).__name__}."
+            "`solver` must be an OT solver such as js.ot.Sinkhorn(...) or "
+            f"js.ot.LowRankSinkhorn(rank=...); got {type(solver).__name__}."
         )
     _check_real(jnp.zeros((), geom.dtype), "The geometry's cost")
     n, m = geom.shape
@@ -127,6 +128,15 @@ def solve(
         )
     a = _check_weights(a, n, "a", "source")
     b = _check_weights(b, m, "b", "target")
+    if isinstance(solver, LowRankSinkhorn):
+        # Its own problem and solution types: the iterate is the factors (Q, R, g), not
+        # potentials (see jaxsolve/ot/_low_rank.py).
+        if not all(isinstance(t, (int, float)) and t == 1 for t in (tau_a, tau_b)):
+            raise ValueError(
+                "LowRankSinkhorn solves balanced problems only: leave tau_a and tau_b at 1, "
+                "or use js.ot.Sinkhorn for unbalanced OT."
+            )
+        return solve_low_rank(geom, a, b, solver, adjoint, init, throw, progress)
     _check_tau(tau_a, "tau_a")
     _check_tau(tau_b, "tau_b")
     if init is not None:
