@@ -60,15 +60,18 @@ def test_kernel_transpose_is_stored_on_cpu_only(monkeypatch):
     one = jnp.ones((), geom.dtype)
     problem = js.ot.OTProblem(geom, jnp.full(13, 1 / 13), jnp.full(11, 1 / 11), one, one, one)
     f, g = jnp.zeros(13), jnp.zeros(11)
-    K, KT = js.ot.Sinkhorn()._build_kernel(problem, f, g, problem.epsilon)
+    # Sinkhorn's kernel mode holds the kernel alone, on every backend (`u @ K` for `Kᵀ u`).
+    K = js.ot.Sinkhorn()._build_kernel(problem, f, g, problem.epsilon)
+    assert K.shape == (13, 11)
+    # SparseNewton's plan transpose is stored on CPU only.
     assert jax.default_backend() == "cpu"  # CI: the behaviour on CPU is unchanged
+    KT = _sinkhorn.transposed(K)
     assert KT is not None and jnp.array_equal(KT, K.T)
     # On another backend (decided at trace time) the transpose is not stored, and a solve
     # traced there (a shape of its own: no cached CPU program) gives the same answer.
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not _sinkhorn.stores_transpose()
-    _, KT = js.ot.Sinkhorn()._build_kernel(problem, f, g, problem.epsilon)
-    assert KT is None
+    assert _sinkhorn.transposed(K) is None
     geom = _cloud_geom(17, 9)
     tol = 1e-10 if jax.config.read("jax_enable_x64") else 1e-5
     sol = js.ot.solve(geom, solver=js.ot.Sinkhorn(tol=tol))

@@ -252,7 +252,11 @@ class _BiCGStabIteration(AbstractLinearIteration):
         r = tree_sub(h, tree_scale(omega, t))
         # rho = 0 or r̂ᵀv = 0 (the shadow residual became orthogonal), or ω = 0: breakdown.
         ok = (jnp.abs(rho) > tiny) & (jnp.abs(rv) > tiny)
-        ok = ok & ((jnp.abs(omega) > tiny) | (dot(h, h) <= tiny))
+        # ‖h‖² only when ω vanished (rare): not a pass over the vectors every iteration.
+        omega_ok = jax.lax.cond(
+            jnp.abs(omega) > tiny, lambda: jnp.array(True), lambda: dot(h, h) <= tiny
+        )
+        ok = ok & omega_ok
         finite = jnp.isfinite(rho) & jnp.isfinite(rv) & jnp.isfinite(omega)
         y = tree_where(ok & finite, y_new, y)
         res = jnp.where(ok & finite, jnp.sqrt(dot(r, r)), s.res_norm)

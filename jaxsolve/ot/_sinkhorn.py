@@ -17,13 +17,12 @@ from ._problem import OTProblem
 
 
 def stores_transpose() -> bool:
-    """Whether kernel-mode solvers keep `Kᵀ` in memory next to `K` (decided at trace time
-    from `jax.default_backend()`, the backend jitted code runs on).
-
-    On XLA's CPU backend `Kᵀ u` (a product along the kernel's leading axis) runs about 10×
-    slower than `K v`, so the transpose is computed once per kernel and stored, at the price
-    of a second `n × m` matrix. GPU and TPU matrix units read either layout at full speed:
-    there the transpose is not stored and kernel-mode memory is halved."""
+    """Whether SparseNewton keeps its sparsified plan's transpose in memory next to it
+    (decided at trace time from `jax.default_backend()`, the backend jitted code runs on): on
+    XLA's CPU backend a product written `P.T @ u` transposes `P` on every call, so the copy is
+    made once per Newton step; GPU and TPU read either layout at full speed. Sinkhorn's kernel
+    mode never stores `Kᵀ`: it computes `Kᵀ u` as `u @ K`, which runs at `K v`'s speed on
+    every backend (see `Sinkhorn._build_kernel`)."""
     return jax.default_backend() == "cpu"
 
 
@@ -42,8 +41,7 @@ def t_matvec(K: Array, KT: Array | None, u: Array) -> Array:
 
 
 class _SinkhornState(eqx.Module):
-    K: Array | None  # kernel exp((fK + gK − C)/epsK) (kernel mode only)
-    KT: Array | None  # its transpose where `stores_transpose()` (CPU), else None
+    K: Array | None  # kernel exp((fK + gK − C)/epsK) (kernel mode only; never its transpose)
     fK: Array
     gK: Array
     epsK: Array  # the epsilon of the last step (and of the kernel)
@@ -77,9 +75,7 @@ class Sinkhorn(AbstractOTSolver):
     grow (Schmitzer 2019): a sweep then costs two matrix–vector products instead of two
     passes of `exp` over `n × m`. If the kernel iteration ever produces a non-finite value
     the step is redone in the log domain, so stability is that of the log domain.
-    Kernel mode holds `K̃` and, on XLA's CPU backend only, its transpose as well (there
-    `K̃ᵀ u` is ~10× slower than `K̃ v`); on GPU/TPU it holds `K̃` alone (half the memory),
-    decided from `jax.default_backend()` at trace time.
+    Kernel mode holds `K̃` alone (`K̃ᵀ u` is computed as `u @ K̃`, at the speed of `K̃ v`).
 
     The marginal error is checked every `check_every` sweeps (one extra product each); each
     loop step does `check_every` sweeps (fewer in the last one if `max_steps` runs out).
@@ -160,9 +156,13 @@ class Sinkhorn(AbstractOTSolver):
         return self.epsilon_scaling.epsilon(problem.epsilon, eps0, k)
 
     def _build_kernel(self, problem, f, g, eps):
+        # `Kᵀ u` is computed as `u @ K` from the one matrix, on every backend. A stored
+        # transpose (`transposed`) is slower here: carried through the loop's state and the
+        # rebuild `cond`, XLA's CPU layout assignment keeps it column-major and copies it back
+        # to row-major every loop step (an n × m transpose per `check_every` sweeps: 1.4-2× the
+        # bare sweep, benchmarks/RESULTS-floor.md), while `u @ K` runs at `K v`'s speed.
         fm, gm = problem.masked(f, g)
-        K = problem.geom.kernel(fm, gm, eps)
-        return K, transposed(K)
+        return problem.geom.kernel(fm, gm, eps)
 
     def _live(self, state):
         """Sweeps this step may do when `max_steps` is not a multiple of `check_every` (the
@@ -206,7 +206,7 @@ class Sinkhorn(AbstractOTSolver):
             acc_state = acc.forget(acc_state)
         return f, g, problem.marginal_error(f, g, eps), acc_state
 
-    def _kernel_sweeps(self, problem, K, KT, fK, gK, eps, lu, lv, omega, acc_state, active, live):
+    def _kernel_sweeps(self, problem, K, fK, gK, eps, lu, lv, omega, acc_state, active, live):
         ma, mb = problem.mask_a, problem.mask_b
         # log u_new = log a − τ_a log(K̃ v) + (τ_a − 1) fK/ε  (and the same for v)
         ca = problem.log_a + (problem.tau_a - 1) * fK / eps
@@ -215,21 +215,24 @@ class Sinkhorn(AbstractOTSolver):
         thr = _absorb_threshold(K.dtype)
 
         def sweep(_, carry):
-            lu, lv, s = carry
+            lu, lv, _, s = carry
             Kv = K @ jnp.exp(lv)
             lu_new = ca - problem.tau_a * jnp.log(jnp.where(ma, Kv, 1.0))
             lu = jnp.where(ma, _relax(lu, lu_new, omega), 0.0)
-            Ku = t_matvec(K, KT, jnp.exp(lu))
+            Ku = t_matvec(K, None, jnp.exp(lu))
             lv_new = cb - problem.tau_b * jnp.log(jnp.where(mb, Ku, 1.0))
             lv1 = jnp.where(mb, _relax(lv, lv_new, omega), 0.0)
             # Extrapolate log v (small numbers: precise in float32).
             lv1, s = acc.extrapolate(s, lv, lv1, active, 0.0, thr)
-            return lu, jnp.where(mb, lv1, 0.0), s
+            return lu, jnp.where(mb, lv1, 0.0), Ku, s
 
-        lu, lv, acc_state = self._fori(sweep, (lu, lv, acc_state), live)
+        Ku0 = jnp.zeros(K.shape[1], K.dtype)
+        lu, lv, Ku, acc_state = self._fori(sweep, (lu, lv, Ku0, acc_state), live)
         u, v = jnp.exp(lu), jnp.exp(lv)
+        # The column sums reuse the last sweep's `Kᵀ u` (computed from this very `u`): the
+        # check costs one product, `K v`, not two.
         r = u * (K @ v)
-        c = v * t_matvec(K, KT, u)
+        c = v * Ku
         f = jnp.where(ma, fK + eps * lu, 0.0)
         g = jnp.where(mb, gK + eps * lv, 0.0)
         ta, tb = problem.targets(f, g, eps)
@@ -246,13 +249,10 @@ class Sinkhorn(AbstractOTSolver):
         else:
             eps0 = jnp.asarray(self.epsilon_scaling.init, dtype)
         eps = self._epsilon(problem, eps0, 0)
-        K, KT = (
-            self._build_kernel(problem, f, g, eps) if self._use_kernel(problem) else (None, None)
-        )
+        K = self._build_kernel(problem, f, g, eps) if self._use_kernel(problem) else None
         zero = jnp.array(0, jnp.int32)
         return _SinkhornState(
             K=K,
-            KT=KT,
             fK=f,
             gK=g,
             epsK=eps,
@@ -279,17 +279,17 @@ class Sinkhorn(AbstractOTSolver):
             lv = (g - state.gK) / eps
             drift = jnp.maximum(jnp.max(jnp.abs(lu)), jnp.max(jnp.abs(lv)))
             rebuild = (eps != state.epsK) | ~(drift <= thr)
-            K, KT, fK, gK = jax.lax.cond(
+            K, fK, gK = jax.lax.cond(
                 rebuild,
-                lambda: (*self._build_kernel(problem, f, g, eps), f, g),
-                lambda: (state.K, state.KT, state.fK, state.gK),
+                lambda: (self._build_kernel(problem, f, g, eps), f, g),
+                lambda: (state.K, state.fK, state.gK),
             )
             # The extrapolated log v is relative to gK: re-centre the acceleration's history.
             acc_state = acc.recentre(acc_state, jnp.where(rebuild, (state.gK - gK) / eps, 0.0))
             lu = jnp.where(rebuild, 0.0, lu)
             lv = jnp.where(rebuild, 0.0, lv)
             f1, g1, err, acc1 = self._kernel_sweeps(
-                problem, K, KT, fK, gK, eps, lu, lv, omega, acc_state, active, live
+                problem, K, fK, gK, eps, lu, lv, omega, acc_state, active, live
             )
             ok = jnp.isfinite(err) & jnp.all(jnp.isfinite(f1)) & jnp.all(jnp.isfinite(g1))
             f1, g1, err, acc_state = jax.lax.cond(
@@ -299,7 +299,7 @@ class Sinkhorn(AbstractOTSolver):
             )
             fallbacks = state.fallbacks + (~ok).astype(jnp.int32)
         else:
-            K, KT, fK, gK = state.K, state.KT, state.fK, state.gK
+            K, fK, gK = state.K, state.fK, state.gK
             f1, g1, err, acc_state = self._log_sweeps(
                 problem, f, g, eps, omega, acc_state, active, live
             )
@@ -309,7 +309,6 @@ class Sinkhorn(AbstractOTSolver):
         done = self.check_every if live is None else live
         new_state = _SinkhornState(
             K=K,
-            KT=KT,
             fK=fK,
             gK=gK,
             epsK=eps,
