@@ -25,7 +25,7 @@ class OTSolution(Solution):
     - `problem`: the `OTProblem` solved (`geom`, `a`, `b`, `tau_a`, `tau_b`, `epsilon`).
     - `result`: a `js.RESULTS` member; `stats`: `num_steps` (iterations: sweeps and Newton
       steps), `marginal_error`, and the solver's own counts. (`state` is not kept: Sinkhorn's
-      holds the `n × m` kernel, on CPU with its transpose; warm-start with
+      holds the `n × m` kernel; warm-start with
       `init=(sol.f, sol.g)` instead.)
 
     **Properties and methods:** `plan` (materialised `n × m`), `apply(v, axis=1)` (`P v`

@@ -3,6 +3,7 @@
 `OTSolution`."""
 
 from collections.abc import Callable
+from typing import overload
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -43,6 +44,38 @@ def _check_tau(tau, name):
         raise ValueError(
             f"`{name}` must be in (0, 1] (1 = balanced, smaller = looser marginal); got {tau!r}."
         )
+
+
+@overload
+def solve(
+    geom: AbstractGeometry,
+    a=None,
+    b=None,
+    *,
+    tau_a=1.0,
+    tau_b=1.0,
+    solver: LowRankSinkhorn,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    init=None,
+    throw: bool = True,
+    progress: bool | Callable = False,
+) -> LowRankOTSolution: ...
+
+
+@overload
+def solve(
+    geom: AbstractGeometry,
+    a=None,
+    b=None,
+    *,
+    tau_a=1.0,
+    tau_b=1.0,
+    solver: AbstractOTSolver | None = None,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    init=None,
+    throw: bool = True,
+    progress: bool | Callable = False,
+) -> OTSolution: ...
 
 
 def solve(
