@@ -22,8 +22,8 @@ What it does:
 2. A global `Mesh` over all devices, and two point clouds sharded along their points over it
    (`NamedSharding(mesh, P("d", None))`). Each process builds only the rows that live on its
    own devices (`jax.make_array_from_callback`): no process ever holds the whole cloud.
-3. One jitted `jax.value_and_grad` of Sinkhorn's `reg_cost` (implicit differentiation, the
-   default) runs on the global arrays: the same program on every process, XLA inserting the
+3. One jitted `jax.value_and_grad` of Sinkhorn's `reg_cost` (its gradient by the envelope
+   theorem) runs on the global arrays: the same program on every process, XLA inserting the
    cross-process collectives (gloo on CPU, NCCL on GPU).
 4. Process 0 gathers the gradient (`multihost_utils.process_allgather`) and checks it against
    the single-device answer, computed on its first local device alone.

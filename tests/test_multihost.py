@@ -44,7 +44,8 @@ def test_two_processes_give_the_single_process_answer(tmp_path):
         d = jax.random.normal(jax.random.PRNGKey(0), x.shape, x.dtype)
         h = 1e-4 if x64 else 1e-2
         fd = (fn(x + h * d, y)[0][0] - fn(x - h * d, y)[0][0]) / (2 * h)
-        assert jnp.allclose(jnp.vdot(grad, d), fd, rtol=1e-6 if x64 else 3e-2)
+        # the envelope-theorem gradient is exact at the optimum: here within the solve's tol
+        assert jnp.allclose(jnp.vdot(grad, d), fd, rtol=1e-5 if x64 else 3e-2)
 
         codes = ex.wait(pending, timeout=deadline - time.monotonic())
     finally:

@@ -2,7 +2,7 @@
 
 Two point clouds, `x ~ N(0, I)` and `y ~ N(1, I)`, at a small epsilon, in float32: plain
 Sinkhorn against the default (epsilon scaling + Anderson, kernel mode), then the gradient of the
-regularised cost with respect to `x` by implicit differentiation, checked against finite
+regularised cost with respect to `x` (envelope theorem: no linear solve), checked against finite
 differences.
 """
 
@@ -49,8 +49,8 @@ def run():
     h = 1e-2  # float32: a larger step than in float64 (the rounding error is ~1e-7 / h)
     default = fns["+ Anderson (default)"]  # the same solve, compiled once
     fd = (float(default(x + h * d)[0]) - float(default(x - h * d)[0])) / (2 * h)
-    print("\nGradient of reg_cost w.r.t. x (implicit differentiation, one CG solve):")
+    print("\nGradient of reg_cost w.r.t. x (envelope theorem: no linear solve):")
     table(
         [["<grad, d>", float(np.vdot(np.asarray(grad), d)), fd, f"{seconds * 1e3:.0f} ms"]],
-        ["directional derivative", "implicit", "finite differences", "grad time"],
+        ["directional derivative", "envelope", "finite differences", "grad time"],
     )
