@@ -36,14 +36,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._adjoint import ImplicitAdjoint
+from .._adjoint import ImplicitAdjoint, _stop_gradient
 from .._iterate import AbstractIterativeSolver
 from .._problem import AbstractProblem, default_tol
 from .._solution import RESULTS, Solution
 from .._solve import iterative_solve
 from ._costs import SqEuclidean
 from ._geometry import AbstractGeometry, Geometry, PointCloud
-from ._problem import OTProblem
+from ._problem import OTProblem, bad_weights, verdict
 from ._sinkhorn import Sinkhorn
 from ._solve import solve as ot_solve
 
@@ -203,13 +203,8 @@ class GWProblem(AbstractProblem):
     def invalid(self):
         """`(bad_values, nonfinite)`: negative/NaN weights, zero or unequal masses, `ε ≤ 0`,
         a negative or non-finite `fused_penalty`; NaN/inf in the geometries."""
-        a, b = self.a, self.b
-        mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-        rtol = 100 * jnp.finfo(a.dtype).eps
         eps, lam = jnp.asarray(self.epsilon), self._penalty()
-        bad = jnp.any(~(a >= 0)) | jnp.any(~(b >= 0)) | ~(mass_a > 0) | ~(mass_b > 0)
-        bad = bad | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b)
-        bad = bad | (jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b))
+        bad = bad_weights(self.a, self.b)
         bad = bad | ~(eps > 0) | ~jnp.isfinite(eps) | ~(lam >= 0) | ~jnp.isfinite(lam)
         geoms = [self.geom_xx, self.geom_yy] + ([] if self.geom_xy is None else [self.geom_xy])
         finite = jnp.all(jnp.stack([_finite(g) for g in geoms]))
@@ -218,12 +213,7 @@ class GWProblem(AbstractProblem):
     def validate(self) -> RESULTS:
         if self.checked is not None:
             return self.checked
-        bad, nonfinite = self.invalid()
-        return RESULTS.where(  # pyright: ignore[reportReturnType]
-            bad,
-            RESULTS.invalid_input,
-            RESULTS.where(nonfinite, RESULTS.nonfinite, RESULTS.successful),
-        )
+        return verdict(*self.invalid())
 
     def with_stand_ins(self) -> "GWProblem":
         """This problem with its verdict in `checked` and, if its values are invalid, uniform
@@ -244,12 +234,6 @@ class GWProblem(AbstractProblem):
             ),
             is_leaf=lambda x: x is None,
         )
-
-
-def _stop_gradient(tree):
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree
-    )
 
 
 def _finite(geom: AbstractGeometry):

@@ -41,6 +41,7 @@ from .._solution import RESULTS, Solution
 from .._solve import iterative_solve
 from ._costs import SqEuclidean
 from ._geometry import AbstractGeometry, PointCloud
+from ._problem import bad_weights, verdict
 
 
 def _safe_log(x):
@@ -141,12 +142,7 @@ class LowRankOTProblem(AbstractProblem):
     def invalid(self, solver: "LowRankSinkhorn"):
         """`(bad_values, nonfinite)`: negative/NaN weights, zero or unequal masses, `γ ≤ 0`,
         `ε < 0`; NaN/inf in the points or cost."""
-        a, b = self.a, self.b
-        mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-        rtol = 100 * jnp.finfo(a.dtype).eps
-        bad = jnp.any(~(a >= 0)) | jnp.any(~(b >= 0))
-        bad = bad | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b) | (mass_a <= 0) | (mass_b <= 0)
-        bad = bad | (jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b))
+        bad = bad_weights(self.a, self.b)
         bad = bad | ~(solver.gamma > 0) | ~jnp.isfinite(solver.gamma)
         bad = bad | ~(solver.epsilon >= 0) | ~jnp.isfinite(solver.epsilon)
         if isinstance(self.geom, PointCloud) and _factored(self.geom):
@@ -635,9 +631,7 @@ def _solve_low_rank(geom, a, b, solver, init, throw, progress):
     )
     problem = LowRankOTProblem(geom, a, b)
     bad, nonfinite = problem.invalid(solver)
-    checked = RESULTS.where(
-        bad, RESULTS.invalid_input, RESULTS.where(nonfinite, RESULTS.nonfinite, RESULTS.successful)
-    )
+    checked = verdict(bad, nonfinite)
     # Invalid values are replaced by harmless stand-ins; the result says invalid_input.
     problem = LowRankOTProblem(
         geom, jnp.where(bad, 1.0 / n, a), jnp.where(bad, 1.0 / m, b), checked

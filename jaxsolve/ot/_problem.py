@@ -58,6 +58,24 @@ def _dense_marginals_jvp(primals, tangents):
 ADJOINT_MAX_STEPS = 2000
 
 
+def bad_weights(a: Array, b: Array, balanced: bool | Array = True) -> Array:
+    """Whether the marginals are invalid: a negative or NaN weight, a zero or non-finite mass,
+    or (where `balanced`) masses that differ beyond rounding. Shared by every OT problem."""
+    mass_a, mass_b = jnp.sum(a), jnp.sum(b)
+    rtol = 100 * jnp.finfo(a.dtype).eps
+    bad = jnp.any(~(a >= 0)) | jnp.any(~(b >= 0))
+    bad = bad | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b) | (mass_a <= 0) | (mass_b <= 0)
+    unequal = jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b)
+    return bad | (balanced & unequal)
+
+
+def verdict(bad: Array, nonfinite: Array) -> RESULTS:
+    """`invalid_input` where `bad`, else `nonfinite` where `nonfinite`, else `successful`."""
+    return RESULTS.where(  # pyright: ignore[reportReturnType]
+        bad, RESULTS.invalid_input, RESULTS.where(nonfinite, RESULTS.nonfinite, RESULTS.successful)
+    )
+
+
 class OTProblem(AbstractProblem):
     """A (possibly unbalanced) entropic OT problem: what OT solvers receive.
 
@@ -128,14 +146,8 @@ class OTProblem(AbstractProblem):
     def invalid(self):
         """`(bad_values, nonfinite_cost)`: negative/NaN weights or zero mass, unequal masses
         when balanced, `ε ≤ 0` or not finite, `τ` outside `(0, 1]`; NaN/inf in the cost."""
-        a, b, eps = self.a, self.b, self.epsilon
-        dtype = a.dtype
-        mass_a, mass_b = jnp.sum(a), jnp.sum(b)
-        rtol = 100 * jnp.finfo(dtype).eps
-        bad = jnp.any(~(a >= 0)) | jnp.any(~(b >= 0))
-        bad = bad | ~jnp.isfinite(mass_a) | ~jnp.isfinite(mass_b) | (mass_a <= 0) | (mass_b <= 0)
-        balanced = (self.tau_a == 1) & (self.tau_b == 1)
-        bad = bad | (balanced & (jnp.abs(mass_a - mass_b) > rtol * jnp.maximum(mass_a, mass_b)))
+        eps = self.epsilon
+        bad = bad_weights(self.a, self.b, (self.tau_a == 1) & (self.tau_b == 1))
         bad = bad | ~(eps > 0) | ~jnp.isfinite(eps)
         bad = bad | ~((self.tau_a > 0) & (self.tau_a <= 1) & (self.tau_b > 0) & (self.tau_b <= 1))
         return bad, ~self.geom.all_finite()
@@ -145,12 +157,7 @@ class OTProblem(AbstractProblem):
         cost (or points); else `successful`."""
         if self.checked is not None:
             return self.checked
-        bad, nonfinite = self.invalid()
-        return RESULTS.where(  # pyright: ignore[reportReturnType]
-            bad,
-            RESULTS.invalid_input,
-            RESULTS.where(nonfinite, RESULTS.nonfinite, RESULTS.successful),
-        )
+        return verdict(*self.invalid())
 
     def with_stand_ins(self) -> "OTProblem":
         """This problem with its verdict recorded in `checked` and, if its values are invalid,
