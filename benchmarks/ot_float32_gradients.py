@@ -98,12 +98,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", action="store_true", help="n = 64 and 200 only")
     parser.add_argument("--sizes", default="64,200,500,2000")
+    parser.add_argument("--clouds", default="random,shifted", help="which kinds of clouds")
     args = parser.parse_args(argv)
     sizes = [64, 200] if args.small else [int(s) for s in args.sizes.split(",")]
     rows, worst, failures = [], 0.0, 0
     t0 = time.perf_counter()
     for n in sizes:
-        for kind in ("random", "shifted"):
+        for kind in args.clouds.split(","):
             for eps in (0.01, 0.1, 1.0):
                 x, y = clouds(n, kind)
                 with jax.enable_x64(False):
