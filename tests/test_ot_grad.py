@@ -73,7 +73,9 @@ def test_grad_weights_cost_matrix_epsilon():
         sol = js.ot.solve(js.ot.Geometry(C, eps), a, b, solver=SOLVER)
         return sol.reg_cost + jnp.sum(sol.plan**2) * 10
 
-    ga, gb, gC, ge = jax.grad(loss, argnums=(0, 1, 2, 3))(a, b, C, EPS)
+    # Two programs (the loss, its gradient), not one per eager op of the backward pass.
+    ga, gb, gC, ge = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(a, b, C, EPS)
+    loss = jax.jit(loss)
     da = _zero_sum(jax.random.normal(ka, a.shape))  # keep the masses equal
     db = _zero_sum(jax.random.normal(kb, b.shape))
     dC = jax.random.normal(kc, C.shape)
@@ -104,9 +106,9 @@ def test_implicit_matches_unrolled(tau):
 def test_unbalanced_grad_and_forward_mode():
     x, y, a, b, k = _data()
     d = jax.random.normal(k, x.shape)
-    loss = lambda x: _plan_loss(x, y, 2 * a, b, EPS, js.ImplicitAdjoint(), 0.7)
-    g = jax.grad(loss)(x)
-    _, jv = jax.jvp(loss, (x,), (d,))
+    loss = jax.jit(lambda x: _plan_loss(x, y, 2 * a, b, EPS, js.ImplicitAdjoint(), 0.7))
+    g = jax.jit(jax.grad(loss))(x)
+    _, jv = jax.jit(lambda x, d: jax.jvp(loss, (x,), (d,)))(x, d)
     np.testing.assert_allclose(jnp.vdot(g, d), _fd(loss, x, d), rtol=1e-6)
     np.testing.assert_allclose(jv, jnp.vdot(g, d), rtol=1e-8)
 
@@ -117,12 +119,12 @@ def test_hessian_vector_product_of_plan_loss():
     x, y, a, b, k = _data(6, 5)
     v = jax.random.normal(k, x.shape)
     grad = jax.grad(lambda x: _plan_loss(x, y, a, b))
-    hvp = jax.jvp(grad, (x,), (v,))[1]
+    hvp = jax.jit(lambda x, v: jax.jvp(grad, (x,), (v,))[1])(x, v)
+    grad = jax.jit(grad)
     fd = (grad(x + 1e-5 * v) - grad(x - 1e-5 * v)) / 2e-5
     np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)
-    hvp_u = jax.jvp(
-        jax.grad(lambda x: _plan_loss(x, y, a, b, EPS, js.UnrollAdjoint("bounded"))), (x,), (v,)
-    )[1]
+    grad_u = jax.grad(lambda x: _plan_loss(x, y, a, b, EPS, js.UnrollAdjoint("bounded")))
+    hvp_u = jax.jit(lambda x, v: jax.jvp(grad_u, (x,), (v,))[1])(x, v)
     np.testing.assert_allclose(hvp, hvp_u, rtol=1e-6, atol=1e-8)
 
 
@@ -149,17 +151,21 @@ def test_reg_cost_second_derivatives_see_the_potentials():
     x, y, a, b, k = _data(6, 5)
     v = jax.random.normal(k, x.shape)
     grad = jax.grad(lambda x: _sol(x, y, a, b).reg_cost)
+    hvp = jax.jit(lambda x, v: jax.jvp(grad, (x,), (v,))[1])(x, v)
+    grad = jax.jit(grad)
     fd = (grad(x + 1e-5 * v) - grad(x - 1e-5 * v)) / 2e-5
-    np.testing.assert_allclose(jax.jvp(grad, (x,), (v,))[1], fd, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)
     d_eps = jax.grad(lambda e: _sol(x, y, a, b, eps=e).reg_cost)
+    d2_eps = jax.jit(jax.grad(d_eps))(EPS)
+    d_eps = jax.jit(d_eps)
     fd_eps = (d_eps(EPS + 1e-5) - d_eps(EPS - 1e-5)) / 2e-5
-    np.testing.assert_allclose(jax.grad(d_eps)(EPS), fd_eps, rtol=1e-6)
+    np.testing.assert_allclose(d2_eps, fd_eps, rtol=1e-6)
 
 
 def test_blockwise_gradient_equals_dense():
     x, y, a, b, _ = _data()
-    dense = jax.grad(lambda x: _sol(x, y, a, b).reg_cost)(x)
-    blocks = jax.grad(lambda x: _sol(x, y, a, b, batch_size=4).reg_cost)(x)
+    dense = jax.jit(jax.grad(lambda x: _sol(x, y, a, b).reg_cost))(x)
+    blocks = jax.jit(jax.grad(lambda x: _sol(x, y, a, b, batch_size=4).reg_cost))(x)
     np.testing.assert_allclose(blocks, dense, rtol=1e-9, atol=1e-12)
 
 

@@ -141,8 +141,12 @@ def _exact_assignment(a, b, eps_final=1e-2):
     geom = PointCloud(a, b, epsilon=_WARM_EPSILON, relative_epsilon="mean")
     sol = solve(geom, solver=Sinkhorn(tol=1e-2, max_steps=500), throw=False)
     prices = jnp.where(jnp.isfinite(sol.g), -sol.g, 0.0)
+    # NaN/inf samples: no auction (its bids would never settle and it would spin through all
+    # `_MAX_ROUNDS` rounds, the whole batch with it under vmap); the caller reports `nonfinite`.
+    finite = tree_all_finite((a, b))
+    max_rounds = jnp.where(finite, _MAX_ROUNDS, 0)
     sigma, _, rounds = _auction(
-        -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, _MAX_ROUNDS
+        -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, max_rounds
     )
     result = RESULTS.where(rounds < _MAX_ROUNDS, RESULTS.successful, RESULTS.max_steps_reached)
     return sigma, result

@@ -185,6 +185,10 @@ def solve(
             )
         init = (f0, g0)
     solver = with_tol(solver, None, OTProblem.default_tol(geom.dtype))
+    # `_solve` reads tau as an array anyway: a Python number would be a static argument of the
+    # jitted solve, and every new value (e.g. an unbalanced tau next to the balanced 1.0) a new
+    # compilation.
+    tau_a, tau_b = (jnp.asarray(t) if isinstance(t, (int, float)) else t for t in (tau_a, tau_b))
     return _solve(geom, a, b, tau_a, tau_b, solver, adjoint, init, throw, progress)
 
 
