@@ -86,8 +86,8 @@ def run() -> None:
     rows, grads = [], {}
     for name, f in methods.items():
         print(f"  compiling and running: {name} ...", flush=True)
-        grads[name] = g_fn = jax.jit(jax.value_and_grad(f, has_aux=True))
-        ((loss, steps), g), seconds = timed(g_fn, theta, data)
+        g_fn = jax.jit(jax.value_and_grad(f, has_aux=True))
+        ((loss, steps), g), seconds, grads[name] = timed(g_fn, theta, data)
         ms = seconds * 1e3
         rel = abs(float(g) - g_ref) / abs(g_ref)
         steps = int(steps) or "-"
@@ -96,7 +96,7 @@ def run() -> None:
     table(rows, ["method", "inner steps", "val. loss", "d loss / d log λ", "rel. error", "ms"])
 
     # A few outer steps of gradient descent on log λ, by implicit differentiation.
-    step, t = grads["implicit (L-BFGS, CG adjoint)"], float(theta)
+    step, t = grads["implicit (L-BFGS, CG adjoint)"], float(theta)  # compiled above
     for _ in range(15):
         (loss, _), g = step(jnp.float32(t), data)
         t = t - 2.0 * float(g)

@@ -39,7 +39,7 @@ def _run():
     }
     for name, solver in solvers.items():
         solve = jax.jit(lambda g, s=solver: js.ot.solve(g, solver=s, throw=False).stats)
-        st, seconds = timed(solve, geom)
+        st, seconds, _ = timed(solve, geom)
         rows.append(
             [
                 name,

@@ -1,5 +1,7 @@
 """Learning to Relax: choose SOR/SSOR's ω for each system of a sequence with a bandit."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -71,6 +73,22 @@ def _kl_lower_bound(mean: Array, n: Array, level: Array, bisections: int = 40) -
 
     _, hi = jax.lax.fori_loop(0, bisections, body, (jnp.zeros_like(mean), mean))
     return hi
+
+
+def _jitted_method(method):
+    """A method compiled once per bandit configuration and argument shapes. Called eagerly (a
+    Python loop), the method body's `fori_loop`s over fresh closures were traced and compiled
+    anew on every call; under an outer `jit` or `scan` the inner jit is inlined. Arguments are
+    made arrays first, so new Python numbers (an iteration count, a feature) compile nothing."""
+    jitted = eqx.filter_jit(method)
+
+    @functools.wraps(method)
+    def wrapper(self, state, *args, **kwargs):
+        args = tuple(None if a is None else jnp.asarray(a) for a in args)
+        kwargs = {k: None if a is None else jnp.asarray(a) for k, a in kwargs.items()}
+        return jitted(self, state, *args, **kwargs)
+
+    return wrapper
 
 
 class RelaxationBandit(eqx.Module):
@@ -219,6 +237,7 @@ class RelaxationBandit(eqx.Module):
         play_leader = ~any_played | (leads[leader] % 3 == 2)
         return jnp.where(play_leader, leader, explore)
 
+    @_jitted_method
     def weights(self, state: BanditState) -> Array:
         """The sampling distribution over `omegas` in each context bin, `(num_contexts, K)`
         (one-hot at the next choice for the deterministic `policy="unimodal"`)."""
@@ -228,6 +247,7 @@ class RelaxationBandit(eqx.Module):
         eta = self.learning_rate / jnp.sqrt(state.count.astype(self.omegas.dtype) + 1.0)
         return jax.vmap(_tsallis_weights)(state.loss, eta)
 
+    @_jitted_method
     def choose(self, state: BanditState, feature=None) -> tuple[Array, Array, BanditState]:
         """Sample an arm for the next system. **Returns:** `(arm, omega, state)`."""
         ctx = self._bin(feature)
@@ -239,6 +259,7 @@ class RelaxationBandit(eqx.Module):
             arm = jax.random.choice(sub, w.shape[0], p=w)
         return arm, self.omegas[arm], eqx.tree_at(lambda s: s.key, state, key)
 
+    @_jitted_method
     def update(self, state: BanditState, arm, num_steps, feature=None) -> BanditState:
         """Feed back the iteration count of the solve that used `omegas[arm]`."""
         ctx = self._bin(feature)
@@ -262,6 +283,7 @@ class RelaxationBandit(eqx.Module):
         baseline = state.baseline.at[ctx].set((base * n + ell) / (n + 1))
         return BanditState(loss, count, state.key, baseline, plays, state.leads)
 
+    @_jitted_method
     def greedy(self, state: BanditState, feature=None) -> Array:
         """The ω with the largest weight (`"tsallis"`) or the leader, the played ω with the
         smallest mean loss (`"unimodal"`), for evaluation after learning."""
