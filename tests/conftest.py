@@ -36,3 +36,24 @@ def finite_difference(f, x, eps=1e-6):
         e = jnp.zeros_like(flat).at[i].set(eps).reshape(x.shape)
         grads.append((f(x + e) - f(x - e)) / (2 * eps))
     return jnp.stack(grads).reshape(x.shape)
+
+
+# The longest tests (each a fresh subprocess of its own: the float32 pass, tests/isolated/,
+# tests/sharded/, the tour, the notebooks, two hosts) go first, so that pytest-xdist's workers
+# do not end the run with one of them alone on one core while the other core idles.
+_LONGEST_FIRST = (
+    "tests/test_float32.py",
+    "tests/test_isolated.py",
+    "tests/test_tour.py",
+    "tests/test_sharding.py",
+    "tests/test_notebooks.py",
+    "tests/test_multihost.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each group is kept
