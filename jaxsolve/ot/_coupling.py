@@ -127,8 +127,9 @@ def _auction(benefit, prices, eps_start, eps_lo, scaling, max_rounds):
     return assigned, prices, rounds
 
 
-def _exact_assignment(a, b, eps_final=1e-2):
-    """Optimal permutation for the squared-distance cost between `a` and `b` (`n × d`).
+def _exact_assignment(a, b, finite, eps_final=1e-2):
+    """Optimal permutation for the squared-distance cost between `a` and `b` (`n × d`);
+    `finite`: whether every sample is finite.
 
     Sinkhorn at ε = 0.01 × mean cost gives dual prices (`−g`) that are already nearly
     complementary-slack, so the auction starts at that ε and, with epsilon-scaling (÷10 per
@@ -143,7 +144,6 @@ def _exact_assignment(a, b, eps_final=1e-2):
     prices = jnp.where(jnp.isfinite(sol.g), -sol.g, 0.0)
     # NaN/inf samples: no auction (its bids would never settle and it would spin through all
     # `_MAX_ROUNDS` rounds, the whole batch with it under vmap); the caller reports `nonfinite`.
-    finite = tree_all_finite((a, b))
     max_rounds = jnp.where(finite, _MAX_ROUNDS, 0)
     sigma, _, rounds = _auction(
         -cost, prices, _WARM_EPSILON * scale, eps_final * scale / n, 10.0, max_rounds
@@ -251,8 +251,9 @@ def _coupling(x0, x1, method, epsilon, key):
     dtype = jnp.result_type(x0.dtype, x1.dtype, jnp.float32)
     a = jax.lax.stop_gradient(x0.reshape(x0.shape[0], -1).astype(dtype))
     b = jax.lax.stop_gradient(x1.reshape(x1.shape[0], -1).astype(dtype))
+    finite = tree_all_finite((a, b))
     if method == "exact":
-        sigma, result = _exact_assignment(a, b)
+        sigma, result = _exact_assignment(a, b, finite)
     else:
         geom = PointCloud(a, b, epsilon=epsilon, relative_epsilon="mean")
         sol = solve(geom, solver=Sinkhorn(tol=1e-3, max_steps=2000), throw=False)
@@ -262,6 +263,5 @@ def _coupling(x0, x1, method, epsilon, key):
             sigma = jnp.argmax(logits, axis=1)
         else:
             sigma = jax.random.categorical(key, logits, axis=1)
-    finite = tree_all_finite((a, b))
     result = RESULTS.where(finite, result, RESULTS.nonfinite)
     return x1[sigma], sigma, result
