@@ -232,7 +232,7 @@ class UnrollAdjoint(AbstractAdjoint):
     fn = lambda y, lam: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * lam * jnp.sum(y**2)
     solve = lambda lam: js.minimise(
         fn, jnp.zeros(2), lam, solver=js.GradientDescent(0.1), adjoint=js.UnrollAdjoint(),
-        max_steps=200,
+        tol=1e-6, max_steps=200,
     ).value.sum()
     assert abs(jax.grad(solve)(1.0) + 0.5) < 1e-4
     ```

@@ -406,7 +406,7 @@ class ProjectedGradient(_AbstractProxGradient):
     fn = lambda w, data: 0.5 * jnp.sum((data[0] @ w - data[1]) ** 2)
     solver = js.ProjectedGradient(js.projections.nonnegative)
     sol = js.minimise(fn, jnp.zeros(5), (A, b), solver=solver)
-    assert (sol.value >= 0).all() and sol.stats["error"] <= 1e-6
+    assert (sol.value >= 0).all() and sol.result == js.RESULTS.successful
     ```
     """
 
@@ -448,7 +448,7 @@ class ProximalGradient(_AbstractProxGradient):
     fn = lambda w, args: 0.5 * jnp.sum((A @ w - b) ** 2)
     prox = lambda w, lam, step: js.prox.l1(w, lam, step)
     sol = js.minimise(fn, jnp.zeros(5), 1.0, solver=js.ProximalGradient(prox))
-    assert sol.stats["error"] <= 1e-6 and sol.value[1] == 0.0
+    assert sol.result == js.RESULTS.successful and sol.value[1] == 0.0
     ```
     """
 

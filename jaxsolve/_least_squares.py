@@ -196,7 +196,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     rosenbrock = lambda y, _: jnp.array([10 * (y[1] - y[0] ** 2), 1 - y[0]])
     sol = js.least_squares(rosenbrock, jnp.array([-1.2, 1.0]), solver=js.LevenbergMarquardt())
-    assert jnp.allclose(sol.value, 1.0, atol=1e-6)
+    assert jnp.allclose(sol.value, 1.0, atol=1e-4)
     ```
     """
 

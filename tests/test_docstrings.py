@@ -1,8 +1,11 @@
-"""Every public name has a docstring with an **Example** that runs and whose asserts hold."""
+"""Every public name has a docstring with an **Example** that runs and whose asserts hold, in
+float32 (JAX's default, what a user who copies the example gets) unless the example itself turns
+float64 on."""
 
 import inspect
 import re
 
+import jax
 import pytest
 
 import jaxsolve as js
@@ -25,6 +28,7 @@ def _public_objects():
 
 OBJECTS = _public_objects()
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+_WANTS_X64 = re.compile(r'jax\.config\.update\(\s*"jax_enable_x64",\s*True\s*\)')
 
 
 def _examples(obj):
@@ -39,5 +43,12 @@ def test_public_name_has_runnable_example(name):
     # (those have one); the rest document their methods instead.
     if not name.split(".")[-1].startswith("Abstract"):
         assert blocks, f"{name} has no ```python example in its docstring"
-    for block in blocks:
-        exec(compile(block, f"<docstring of {name}>", "exec"), {})
+    x64 = jax.config.jax_enable_x64
+    try:
+        for block in blocks:
+            # Inside this context a `jax.config.update` cannot turn x64 on, so the example's own
+            # opt-in is read here; the process's setting is restored after it.
+            with jax.enable_x64(bool(_WANTS_X64.search(block))):
+                exec(compile(block, f"<docstring of {name}>", "exec"), {})
+    finally:
+        jax.config.update("jax_enable_x64", x64)

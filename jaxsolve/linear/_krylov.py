@@ -181,8 +181,8 @@ class GMRES(_AbstractKrylov):
 
     A = jnp.array([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.0, 1.0, 4.0]])
     b = jnp.array([1.0, 0.0, 2.0])
-    sol = js.linear.solve(A, b, solver=js.linear.GMRES(tol=1e-10, restart=3))
-    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), atol=1e-8)
+    sol = js.linear.solve(A, b, solver=js.linear.GMRES(tol=1e-6, restart=3))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), atol=1e-5)
     assert sol.stats["num_steps"] <= 3
     ```
     """
@@ -292,8 +292,8 @@ class BiCGStab(_AbstractKrylov):
 
     A = jnp.array([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.0, 1.0, 4.0]])
     b = jnp.array([1.0, 0.0, 2.0])
-    sol = js.linear.solve(A, b, solver=js.linear.BiCGStab(tol=1e-10))
-    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), atol=1e-8)
+    sol = js.linear.solve(A, b, solver=js.linear.BiCGStab(tol=1e-6))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), atol=1e-5)
     ```
     """
 

@@ -114,14 +114,14 @@ class RecycledCG(eqx.Module):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    rcg = js.linear.RecycledCG(tol=1e-8, recycle=4)
+    rcg = js.linear.RecycledCG(tol=1e-6, recycle=4)
     b = jnp.ones((8, 8))
     space = rcg.init(b)
     counts = []
     for c in [0.0, 0.01, 0.02]:
         A = js.linear.Stencil5.poisson((8, 8), shift=c)
         sol, space = rcg.solve(A, b, space)
-        assert jnp.allclose(A.mv(sol.value), b, atol=1e-6)
+        assert jnp.allclose(A.mv(sol.value), b, atol=1e-5)
         counts.append(int(sol.stats["num_steps"]))
     assert counts[-1] < counts[0]
     ```
@@ -133,8 +133,9 @@ class RecycledCG(eqx.Module):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
-    rcg = js.linear.RecycledCG(tol=1e-8, recycle=8, jacobi=True)
-    pcg = js.linear.CG(tol=1e-8, preconditioner=js.linear.JacobiPreconditioner())
+    # tol 1e-4: what float32 resolves on this badly conditioned Darcy system
+    rcg = js.linear.RecycledCG(tol=1e-4, recycle=8, jacobi=True)
+    pcg = js.linear.CG(tol=1e-4, preconditioner=js.linear.JacobiPreconditioner())
     g, h = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12))
     b = jnp.ones((12, 12))
     space = rcg.init(b)
@@ -142,7 +143,7 @@ class RecycledCG(eqx.Module):
     for i in range(4):
         A = js.linear.Stencil5.darcy(jnp.exp(2 * g + 0.1 * i * h))
         sol, space = rcg.solve(A, b, space)
-        assert jnp.linalg.norm(A.mv(sol.value) - b) <= 1e-8 * jnp.linalg.norm(b)
+        assert jnp.linalg.norm(A.mv(sol.value) - b) <= 1e-4 * jnp.linalg.norm(b)
         ours += int(sol.stats["num_matvecs"])
         ref += int(js.linear.solve(A, b, pcg).stats["num_matvecs"])
     assert ours < ref

@@ -41,8 +41,8 @@ class Stencil5(lx.FunctionLinearOperator):
     A = js.linear.Stencil5.poisson((6, 5), shift=0.1)
     u = jnp.ones((6, 5))
     assert jnp.allclose(A.mv(u), (A.as_matrix() @ u.ravel()).reshape(6, 5))
-    x = js.linear.solve(A, u, solver=js.linear.SOR(omega=1.3, tol=1e-10)).value
-    assert jnp.allclose(A.mv(x), u, atol=1e-8)
+    x = js.linear.solve(A, u, solver=js.linear.SOR(omega=1.3, tol=1e-6)).value
+    assert jnp.allclose(A.mv(x), u, atol=1e-5)
     ```
     """
 

@@ -68,13 +68,13 @@ class AbstractOTSolver(AbstractIterativeSolver[OTProblem, tuple[Array, Array], o
 
     x = jax.random.normal(jax.random.PRNGKey(0), (20, 2))
     geom = js.ot.PointCloud(x, x + 1.0, epsilon=0.5)
-    sol = js.ot.solve(geom, solver=PlainSinkhorn(tol=1e-9))
-    ref = js.ot.solve(geom, solver=js.ot.Sinkhorn(tol=1e-9))
-    assert jnp.allclose(sol.plan, ref.plan, atol=1e-8)
+    sol = js.ot.solve(geom, solver=PlainSinkhorn(tol=1e-6))
+    ref = js.ot.solve(geom, solver=js.ot.Sinkhorn(tol=1e-6))
+    assert jnp.allclose(sol.plan, ref.plan, atol=1e-6)
     # the same optimality conditions, hence the same implicit derivative
     grad = lambda s: jax.grad(lambda e: js.ot.solve(js.ot.PointCloud(x, x + 1.0, epsilon=e),
                                                    solver=s).reg_cost)(0.5)
-    assert jnp.allclose(grad(PlainSinkhorn(tol=1e-9)), grad(js.ot.Sinkhorn(tol=1e-9)))
+    assert jnp.allclose(grad(PlainSinkhorn(tol=1e-6)), grad(js.ot.Sinkhorn(tol=1e-6)), rtol=1e-4)
     ```
     """
 

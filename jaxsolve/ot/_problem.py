@@ -284,9 +284,9 @@ def ot_optimality(y, problem: OTProblem):
     import jaxsolve as js
 
     sol = js.ot.solve(js.ot.Geometry(jnp.array([[0.0, 2.0], [1.0, 0.5]]), epsilon=0.2),
-                      solver=js.ot.Sinkhorn(tol=1e-12))
+                      solver=js.ot.Sinkhorn(tol=1e-6))
     Ff, Fg = js.ot.ot_optimality((sol.f, sol.g), sol.problem)
-    assert jnp.abs(Ff).max() < 1e-10 and jnp.abs(Fg).max() < 1e-10
+    assert jnp.abs(Ff).max() < 1e-5 and jnp.abs(Fg).max() < 1e-5
     assert sol.problem.optimality(sol.value)[0].shape == (2,)   # the same function
     ```
     """

@@ -108,9 +108,9 @@ class Sinkhorn(AbstractOTSolver):
 
     x = jax.random.normal(jax.random.PRNGKey(0), (40, 2))
     y = jax.random.normal(jax.random.PRNGKey(1), (30, 2)) + 1.0
-    sol = js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.05), solver=js.ot.Sinkhorn(tol=1e-8))
-    assert jnp.allclose(sol.plan.sum(1), 1 / 40, atol=1e-8)
-    assert jnp.allclose(sol.plan.sum(0), 1 / 30, atol=1e-8)
+    sol = js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.05), solver=js.ot.Sinkhorn(tol=1e-6))
+    assert jnp.allclose(sol.plan.sum(1), 1 / 40, atol=1e-6)
+    assert jnp.allclose(sol.plan.sum(0), 1 / 30, atol=1e-6)
     ```
     """
 

@@ -137,7 +137,7 @@ def solve(
 
     val, grad = jax.value_and_grad(loss)(x)
     # The gradient of the regularised cost is 2 (x_i − T(x_i)) a_i, T the barycentric map.
-    sol = js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.1), solver=js.ot.Sinkhorn(tol=1e-9))
+    sol = js.ot.solve(js.ot.PointCloud(x, y, epsilon=0.1), solver=js.ot.Sinkhorn(tol=1e-6))
     T = sol.apply(y) / sol.apply(jnp.ones(40))[:, None]
     assert jnp.allclose(grad, 2 * (x - T) / 30, atol=1e-5)
     ```

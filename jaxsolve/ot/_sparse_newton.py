@@ -158,6 +158,7 @@ class SparseNewton(AbstractOTSolver):
     import jax, jax.numpy as jnp
     import jaxsolve as js
 
+    jax.config.update("jax_enable_x64", True)  # Newton pays off at tolerances beyond float32's
     x = jax.random.uniform(jax.random.PRNGKey(0), (60, 2))
     y = jax.random.uniform(jax.random.PRNGKey(1), (60, 2))
     geom = js.ot.PointCloud(x, y, epsilon=2e-3)
