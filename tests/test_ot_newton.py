@@ -1,6 +1,7 @@
 """Sinkhorn–Newton–Sparse: same solution and same (implicit) derivatives as Sinkhorn, tight
 marginal errors at small epsilon, few iterations, vmap, safe fallback, bad inputs."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,7 +88,7 @@ def test_never_worse_than_warm_start():
     # the target epsilon in one stage to get there within three quarters of the budget.
     x, y, a, b = _problem(3)
     geom = js.ot.PointCloud(x, y, epsilon=1e-3)
-    decay = 1e-3 / float(jnp.mean(geom.cost_matrix))
+    decay = 1e-3 / float(eqx.filter_jit(lambda g: jnp.mean(g.cost_matrix))(geom))
     scaling = js.ot.EpsilonScaling(decay=decay)
     warm = js.ot.Sinkhorn(tol=1e-14, max_steps=20, epsilon_scaling=scaling)
     warm = js.ot.solve(geom, a, b, solver=warm, throw=False)
@@ -99,7 +100,8 @@ def test_never_worse_than_warm_start():
     assert one.result == js.RESULTS.max_steps_reached
     assert float(warm.stats["marginal_error"]) > 1e-3  # far from converged: a real test
     assert float(one.stats["marginal_error"]) <= float(warm.stats["marginal_error"])
-    true_err = one.problem.marginal_error(one.f, one.g)
+    # jitted: eagerly, each of its ops would be a compilation of its own
+    true_err = eqx.filter_jit(lambda s: s.problem.marginal_error(s.f, s.g))(one)
     np.testing.assert_allclose(one.stats["marginal_error"], true_err)
 
 
@@ -110,8 +112,9 @@ def test_warmup_tighter_than_tol_still_ends_at_the_target_epsilon():
     geom = js.ot.PointCloud(x, y, epsilon=2e-3)
     sns = js.ot.SparseNewton(tol=1e-8, warmup=200, warmup_tol=1e-12)
     sol = js.ot.solve(geom, a, b, solver=sns)
-    p = sol.plan
-    err = jnp.sum(jnp.abs(p.sum(1) - a)) + jnp.sum(jnp.abs(p.sum(0) - b))
+    err = jax.jit(lambda p: jnp.sum(jnp.abs(p.sum(1) - a)) + jnp.sum(jnp.abs(p.sum(0) - b)))(
+        sol.plan
+    )  # one compilation, not one per eager op
     assert float(err) <= 1e-8
     assert int(sol.stats["sinkhorn_steps"]) > 50
 
@@ -126,7 +129,8 @@ def test_vmap_equals_loop():
 
     plans, steps = jax.jit(jax.vmap(solve))(xs)
     for i in range(3):
-        np.testing.assert_allclose(plans[i], jax.jit(solve)(xs[i])[0], atol=1e-12)
+        # js.ot.solve's own jitted program (test_bad_inputs' one: the same solver and shapes)
+        np.testing.assert_allclose(plans[i], solve(xs[i])[0], atol=1e-12)
 
 
 def test_bad_inputs():
@@ -142,7 +146,8 @@ def test_bad_inputs():
         js.ot.SparseNewton(warmup_decay=1.0)
     x, y, a, b = _problem()
     geom = js.ot.PointCloud(x, y, epsilon=1e-2)
-    sol = js.ot.solve(geom, a.at[0].set(-0.1), b, solver=js.ot.SparseNewton(), throw=False)
+    # SNS: the program test_vmap_equals_loop compiles (a new epsilon and tau are new data)
+    sol = js.ot.solve(geom, a.at[0].set(-0.1), b, solver=SNS, throw=False)
     assert sol.result == js.RESULTS.invalid_input
-    sol = js.ot.solve(geom, a, b, tau_a=0.5, solver=js.ot.SparseNewton(), throw=False)
+    sol = js.ot.solve(geom, a, b, tau_a=0.5, solver=SNS, throw=False)
     assert sol.result == js.RESULTS.invalid_input  # balanced problems only
