@@ -341,6 +341,8 @@ HYPERPARAMETERS = {
         ).grad
     ),
     "QuadraticOT gamma": lambda h: js.ot.solve_smooth(_A, solver=js.ot.QuadraticOT(gamma=h)).f,
+    "barycenter epsilon": lambda h: js.ot.barycenter(_A, jnp.full((2, 3), 1 / 3), epsilon=h).value,
+    "sinkhorn_divergence epsilon": lambda h: js.ot.sinkhorn_divergence(_X, _Y, epsilon=h),
 }
 
 

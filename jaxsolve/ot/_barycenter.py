@@ -23,7 +23,7 @@ from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._iterate import AbstractIterativeSolver, converged_by
 from .._problem import AbstractProblem, default_tol, krylov_adjoint
 from .._solution import RESULTS, Solution
-from .._solve import iterative_solve
+from .._solve import iterative_solve, with_tol
 from ._geometry import AbstractGeometry, Geometry
 
 
@@ -247,11 +247,17 @@ def barycenter(
         raise TypeError(
             f"barycenter's `solver` must be a js.ot.IterativeBregman; got {type(solver).__name__}."
         )
-    if solver.tol is None:
-        solver = IterativeBregman(BarycenterProblem.default_tol(dtype))
     y0 = jnp.zeros((k, m), dtype) if init is None else jnp.asarray(init, dtype)
     if y0.shape != (k, m):
         raise ValueError(f"`init` must have shape ({k}, {m}); got {y0.shape}.")
+    solver = with_tol(solver, None, BarycenterProblem.default_tol(dtype))
+    return _barycenter(geom, measures, weights, solver, y0, max_steps, adjoint, throw)
+
+
+@eqx.filter_jit
+def _barycenter(geom, measures, weights, solver, y0, max_steps, adjoint, throw):
+    # One compiled program per shape and configuration (eagerly, the setup and the plan's
+    # read-out would compile op by op); the tolerance is an array, so new values are data.
     problem = BarycenterProblem(geom, measures, weights)
     sol = iterative_solve(
         problem, solver, y0, max_steps=max_steps, adjoint=adjoint, throw=throw, name="barycenter"

@@ -1,5 +1,6 @@
 """`sinkhorn_divergence`: the debiased entropic OT loss between two weighted point clouds."""
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
@@ -67,6 +68,48 @@ def sinkhorn_divergence(
     ```
     """
 
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    # One compiled program for the three solves and the sum (eagerly, the setup and the costs
+    # would compile op by op); Python-number ε and τ are data, so new values do not recompile.
+    epsilon, tau_a, tau_b = (
+        jnp.asarray(v) if isinstance(v, (int, float)) else v for v in (epsilon, tau_a, tau_b)
+    )
+    return _divergence(
+        x,
+        y,
+        a,
+        b,
+        epsilon,
+        cost_fn,
+        batch_size,
+        relative_epsilon,
+        tau_a,
+        tau_b,
+        solver,
+        adjoint,
+        throw,
+        return_result,
+    )
+
+
+@eqx.filter_jit
+def _divergence(
+    x,
+    y,
+    a,
+    b,
+    epsilon,
+    cost_fn,
+    batch_size,
+    relative_epsilon,
+    tau_a,
+    tau_b,
+    solver,
+    adjoint,
+    throw,
+    return_result,
+):
     def ot(p, q, wp, wq):
         geom = PointCloud(
             p,
@@ -80,8 +123,6 @@ def sinkhorn_divergence(
             geom, wp, wq, tau_a=tau_a, tau_b=tau_b, solver=solver, adjoint=adjoint, throw=throw
         )
 
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
     sol_xy = ot(x, y, a, b)
     sol_xx = ot(x, x, a, a)
     sol_yy = ot(y, y, b, b)
