@@ -40,6 +40,23 @@ def ridge_closed_form(theta):
 THETA = jnp.linspace(-1.0, 1.0, P)
 TRAIN, VAL = (X, T), (XV, TV)
 
+# The dense references, jitted: one compiled program each, shared by the tests (run eagerly,
+# each of their ops was a compilation of its own).
+_closed_form = jax.jit(ridge_closed_form)
+
+
+@jax.jit
+def _ridge(theta):
+    """The inner Hessian, the inner solution and its largest eigenvalue."""
+    H = X.T @ X + jnp.diag(jnp.exp(theta))
+    return H, jnp.linalg.solve(H, X.T @ T), jnp.linalg.eigvalsh(H)[-1]
+
+
+@jax.jit
+def _adjoint(theta, w):
+    """The adjoint vector: the solution of H v = ∇_w F at w."""
+    return jnp.linalg.solve(_ridge(theta)[0], XV.T @ (XV @ w - TV))
+
 
 def _hg(estimator, theta=THETA, y0=jnp.zeros(P), **kw):
     kw.setdefault("inner_tol", 1e-11)
@@ -60,47 +77,50 @@ def _hg(estimator, theta=THETA, y0=jnp.zeros(P), **kw):
 def test_implicit_matches_closed_form(estimator):
     hg = _hg(estimator)
     assert hg.result == js.RESULTS.successful
-    np.testing.assert_allclose(hg.grad, ridge_closed_form(THETA), rtol=1e-6, atol=1e-9)
-    w = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
-    np.testing.assert_allclose(hg.loss, ridge_outer(THETA, w, VAL), rtol=1e-9)
+    np.testing.assert_allclose(hg.grad, _closed_form(THETA), rtol=1e-6, atol=1e-9)
+    w = _ridge(THETA)[1]
+    np.testing.assert_allclose(hg.loss, jax.jit(ridge_outer)(THETA, w, VAL), rtol=1e-9)
     assert isinstance(hg, js.Solution) and hg.grad is hg.value
     np.testing.assert_allclose(hg.y, w, rtol=1e-8)
 
 
 def test_adjoint_warm_start_matches_and_saves_work():
-    exact = ridge_closed_form(THETA)
+    exact = _closed_form(THETA)
     cold = _hg(js.bilevel.Implicit(), adjoint0=jnp.zeros(P))
     np.testing.assert_allclose(cold.grad, exact, rtol=1e-6, atol=1e-9)
     # the adjoint vector is the solution of H v = ∇_w F
-    H = X.T @ X + jnp.diag(jnp.exp(THETA))
-    np.testing.assert_allclose(cold.adjoint, jnp.linalg.solve(H, XV.T @ (XV @ cold.y - TV)))
+    np.testing.assert_allclose(cold.adjoint, _adjoint(THETA, cold.y))
     # warm start from the previous adjoint and inner solution at a nearby theta
     theta2 = THETA + 1e-3
     warm = _hg(js.bilevel.Implicit(), theta=theta2, adjoint0=cold.adjoint, y0=cold.y)
-    np.testing.assert_allclose(warm.grad, ridge_closed_form(theta2), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(warm.grad, _closed_form(theta2), rtol=1e-6, atol=1e-9)
     assert warm.inner.stats["num_steps"] < cold.inner.stats["num_steps"]
 
 
 def test_neumann_error_decreases_with_terms():
-    H = X.T @ X + jnp.diag(jnp.exp(THETA))
-    alpha = 1.0 / float(jnp.linalg.eigvalsh(H)[-1])
-    exact = ridge_closed_form(THETA)
+    H, w, top = _ridge(THETA)
+    alpha = 1.0 / float(top)
+    exact = np.asarray(_closed_form(THETA))
     errors = []
     for steps in (5, 3000):
         hg = _hg(js.bilevel.TruncatedNeumann(steps=steps, alpha=alpha))
-        errors.append(float(jnp.linalg.norm(hg.grad - exact) / jnp.linalg.norm(exact)))
+        errors.append(float(np.linalg.norm(hg.grad - exact) / np.linalg.norm(exact)))
     assert errors[0] > 1e-2 and errors[1] < 1e-6
+
     # the bias of K terms is exactly (I - αH)^K applied to the adjoint: check K = 5
-    gF = XV.T @ (XV @ jnp.linalg.solve(H, X.T @ T) - TV)
-    v5 = alpha * sum(jnp.linalg.matrix_power(jnp.eye(P) - alpha * H, j) @ gF for j in range(5))
-    w = jnp.linalg.solve(H, X.T @ T)
-    expected = -jnp.exp(THETA) * w * v5
+    @jax.jit  # one compilation, not one per eager op
+    def truncated(H, w, alpha):
+        gF = XV.T @ (XV @ w - TV)
+        v5 = alpha * sum(jnp.linalg.matrix_power(jnp.eye(P) - alpha * H, j) @ gF for j in range(5))
+        return -jnp.exp(THETA) * w * v5
+
+    expected = truncated(H, w, alpha)
     hg = _hg(js.bilevel.TruncatedNeumann(steps=5, alpha=alpha))
     np.testing.assert_allclose(hg.grad, expected, rtol=1e-6, atol=1e-9)
 
 
 def test_unrolled_matches_explicit_unrolling():
-    lr = 1.0 / float(jnp.linalg.eigvalsh(X.T @ X + jnp.diag(jnp.exp(THETA)))[-1])
+    lr = 1.0 / float(_ridge(THETA)[2])
     steps = 40
 
     def gd(theta, w, n):
@@ -124,10 +144,13 @@ def test_unrolled_matches_explicit_unrolling():
         inner_max_steps=steps,
         throw=False,
     )
-    np.testing.assert_allclose(hg.grad, jax.grad(explicit)(THETA, w0), rtol=1e-8, atol=1e-12)
+    # the explicit unrollings are jitted (one compilation each, not one per eager op)
+    np.testing.assert_allclose(
+        hg.grad, jax.jit(jax.grad(explicit))(THETA, w0), rtol=1e-8, atol=1e-12
+    )
     # truncated: the first steps are a constant warm start
     k = 10
-    w_head = gd(THETA, w0, steps - k)
+    w_head = jax.jit(gd, static_argnums=2)(THETA, w0, steps - k)
 
     def explicit_tail(theta):
         return ridge_outer(theta, gd(theta, w_head, k), VAL)
@@ -145,7 +168,9 @@ def test_unrolled_matches_explicit_unrolling():
         inner_max_steps=steps,
         throw=False,
     )
-    np.testing.assert_allclose(hg_t.grad, jax.grad(explicit_tail)(THETA), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        hg_t.grad, jax.jit(jax.grad(explicit_tail))(THETA), rtol=1e-8, atol=1e-12
+    )
 
 
 # A non-quadratic inner problem: L2-regularised logistic regression with per-feature weights.
@@ -218,7 +243,7 @@ def test_vmap_over_hyperparameters_equals_loop():
 
     batched = jax.vmap(one)(thetas)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], ridge_closed_form(thetas[i]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(batched[i], _closed_form(thetas[i]), rtol=1e-6, atol=1e-9)
 
 
 def test_float32():
@@ -239,8 +264,8 @@ def test_float32():
         inner_max_steps=2000,
     )
     assert hg.grad.dtype == jnp.float32
-    exact = ridge_closed_form(THETA)
-    assert float(jnp.linalg.norm(hg.grad - exact) / jnp.linalg.norm(exact)) < 1e-3
+    exact = np.asarray(_closed_form(THETA))
+    assert float(np.linalg.norm(hg.grad - exact) / np.linalg.norm(exact)) < 1e-3
 
 
 def test_bad_inputs():
@@ -345,9 +370,9 @@ def test_user_estimator_plugs_in():
     # ridge: ∂²G/∂θ∂w = diag(e^θ w), so the Jacobian-free estimate is -e^θ w ⊙ ∇_w F
     hg = _hg(JacobianFree())
     assert isinstance(hg, js.bilevel.Hypergradient) and hg.result == js.RESULTS.successful
-    H = X.T @ X + jnp.diag(jnp.exp(THETA))
-    w = jnp.linalg.solve(H, X.T @ T)
-    np.testing.assert_allclose(hg.grad, -jnp.exp(THETA) * w * (XV.T @ (XV @ w - TV)), rtol=1e-6)
+    w = _ridge(THETA)[1]
+    jacobian_free = jax.jit(lambda w: -jnp.exp(THETA) * w * (XV.T @ (XV @ w - TV)))(w)
+    np.testing.assert_allclose(hg.grad, jacobian_free, rtol=1e-6)
     assert hg.stats["num_steps"] > 0 and hg.adjoint is None
 
     class Broken(js.bilevel.AbstractEstimator):
@@ -363,8 +388,8 @@ def test_user_estimator_plugs_in():
 def test_unrolled_fixed_steps_equals_python_loop_from_an_optimal_warm_start():
     # From the exact inner solution a tol-based loop stops at once (no dependence on θ);
     # fixed_steps runs exactly `steps` gradient steps, like this explicit Python loop.
-    lr, steps = 1.0 / float(jnp.linalg.eigvalsh(X.T @ X + jnp.diag(jnp.exp(THETA)))[-1]), 7
-    w_star = jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(THETA)), X.T @ T)
+    _, w_star, top = _ridge(THETA)
+    lr, steps = 1.0 / float(top), 7
     w_start = w_star + 0.1
 
     def explicit(theta, w):
@@ -372,7 +397,8 @@ def test_unrolled_fixed_steps_equals_python_loop_from_an_optimal_warm_start():
             w = w - lr * jax.grad(ridge_inner, argnums=1)(theta, w, TRAIN)
         return ridge_outer(theta, w, VAL), w
 
-    (loss, w_end), g = jax.value_and_grad(explicit, has_aux=True)(THETA, w_start)
+    # jitted: one compilation, not one per eager op of the Python loop
+    (loss, w_end), g = jax.jit(jax.value_and_grad(explicit, has_aux=True))(THETA, w_start)
     for truncate in (None, 3):
         hg = _hg(
             js.bilevel.Unrolled(fixed_steps=True, truncate=truncate),
@@ -418,8 +444,10 @@ def test_failed_adjoint_solve_is_a_result_never_an_exception():
 def test_hypergradient_is_differentiable():
     # d/dθ Σ_j hypergrad_j against autodiff of the closed form (dense solves)
     total = lambda th: jnp.sum(_hg(js.bilevel.Implicit(), theta=th, throw=False).value)
-    expected = jax.grad(lambda th: jnp.sum(ridge_closed_form(th)))(THETA)
-    np.testing.assert_allclose(jax.grad(total)(THETA), expected, rtol=1e-5, atol=1e-8)
+    # both jitted: one compilation each (eagerly, the hypergradient's forward and transposed
+    # passes were compiled apart, and each op of the closed form on its own)
+    expected = jax.jit(jax.grad(lambda th: jnp.sum(ridge_closed_form(th))))(THETA)
+    np.testing.assert_allclose(jax.jit(jax.grad(total))(THETA), expected, rtol=1e-5, atol=1e-8)
 
 
 def test_vmap_one_bad_member_does_not_change_the_others():
