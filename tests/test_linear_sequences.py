@@ -11,6 +11,9 @@ import jaxsolve as js
 from jaxsolve.linear._bandit import _kl_lower_bound, _tsallis_weights
 
 
+# Jitted helpers (one compiled program per shape, shared by the tests): eagerly, each op of
+# building a stencil or materialising its matrix was a compilation of its own.
+@eqx.filter_jit
 def _random_stencil(key, shape=(5, 4)):
     ks = jax.random.split(key, 5)
     c = 5.0 + jax.random.uniform(ks[0], shape)
@@ -18,14 +21,23 @@ def _random_stencil(key, shape=(5, 4)):
     return js.linear.Stencil5(c, *off)
 
 
+_matrix = eqx.filter_jit(lambda A: A.as_matrix())
+_darcy = eqx.filter_jit(js.linear.Stencil5.darcy)
+_darcy_matrix = jax.jit(lambda a: js.linear.Stencil5.darcy(a).as_matrix())
+_poisson_matrix = jax.jit(
+    lambda c, shape: js.linear.Stencil5.poisson(shape, shift=c).as_matrix(), static_argnums=1
+)
+
+
 def test_stencil_matches_its_matrix_and_transpose(key):
     A = _random_stencil(key)
-    M = np.asarray(A.as_matrix())
+    M = np.asarray(_matrix(A))
     u = jax.random.normal(key, (5, 4))
-    np.testing.assert_allclose(A.mv(u).ravel(), M @ np.asarray(u).ravel(), atol=1e-12)
-    np.testing.assert_allclose(A.transpose().as_matrix(), M.T, atol=1e-12)
+    Au, MT = eqx.filter_jit(lambda A, u: (A.mv(u), A.transpose().as_matrix()))(A, u)
+    np.testing.assert_allclose(Au.ravel(), M @ np.asarray(u).ravel(), atol=1e-12)
+    np.testing.assert_allclose(MT, M.T, atol=1e-12)
     # Poisson: the textbook 5-point matrix
-    P = np.asarray(js.linear.Stencil5.poisson((3, 3)).as_matrix())
+    P = np.asarray(_poisson_matrix(0.0, (3, 3)))
     T = 4 * np.eye(3) - np.eye(3, k=1) - np.eye(3, k=-1)
     np.testing.assert_allclose(
         P, np.kron(np.eye(3), T) - np.kron(np.eye(3, k=1) + np.eye(3, k=-1), np.eye(3))
@@ -34,7 +46,7 @@ def test_stencil_matches_its_matrix_and_transpose(key):
 
 def test_darcy_is_spd(key):
     a = jnp.exp(jax.random.normal(key, (6, 5)))
-    M = np.asarray(js.linear.Stencil5.darcy(a).as_matrix())
+    M = np.asarray(_darcy_matrix(a))
     np.testing.assert_allclose(M, M.T, atol=1e-12)
     assert np.linalg.eigvalsh(M).min() > 0
 
@@ -44,22 +56,23 @@ def test_stencil_sweeps_equal_dense_sweeps(key, cls):
     # The row-by-row sweep of a stencil and the dense triangular sweep of its matrix take the
     # same iterates: same counts, same solution, also for a non-symmetric stencil.
     A = _random_stencil(key)
-    b = jnp.ones((5, 4))
+    M = _matrix(A)
+    b = np.ones((5, 4))
     s1 = js.linear.solve(A, b, cls(omega=1.3, tol=1e-10))
-    s2 = js.linear.solve(A.as_matrix(), b.ravel(), cls(omega=1.3, tol=1e-10))
+    s2 = js.linear.solve(M, b.ravel(), cls(omega=1.3, tol=1e-10))
     assert int(s1.stats["num_steps"]) == int(s2.stats["num_steps"])
     np.testing.assert_allclose(s1.value.ravel(), s2.value, atol=1e-10)
     np.testing.assert_allclose(
-        s1.value.ravel(), np.linalg.solve(A.as_matrix(), b.ravel()), atol=1e-8
+        s1.value.ravel(), np.linalg.solve(np.asarray(M), b.ravel()), atol=1e-8
     )
 
 
 def test_stencil_ssor_preconditioner_matches_dense(key):
-    A = js.linear.Stencil5.darcy(jnp.exp(jax.random.normal(key, (6, 5))))
-    b = jnp.ones((6, 5))
+    A = _darcy(jnp.exp(jax.random.normal(key, (6, 5))))
+    b = np.ones((6, 5))
     pcg = js.linear.CG(tol=1e-10, preconditioner=js.linear.SSORPreconditioner(1.4))
     s1 = js.linear.solve(A, b, pcg)
-    s2 = js.linear.solve(A.as_matrix(), b.ravel(), pcg)
+    s2 = js.linear.solve(_matrix(A), b.ravel(), pcg)
     assert int(s1.stats["num_steps"]) == int(s2.stats["num_steps"])
     plain = js.linear.solve(A, b, js.linear.CG(tol=1e-10))
     assert int(s1.stats["num_steps"]) < int(plain.stats["num_steps"])
@@ -72,7 +85,8 @@ def test_gradient_wrt_darcy_coefficients(key):
         js.linear.solve(js.linear.Stencil5.darcy(a), b, js.linear.CG(tol=1e-12)).value ** 2
     )
     g = lambda a: jnp.sum(jnp.linalg.solve(js.linear.Stencil5.darcy(a).as_matrix(), b.ravel()) ** 2)
-    np.testing.assert_allclose(jax.grad(f)(a), jax.grad(g)(a), rtol=1e-6)
+    # jitted: one compilation each (eagerly, each op of the gradients was compiled on its own)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(a), jax.jit(jax.grad(g))(a), rtol=1e-6)
 
 
 # --- bandit -----------------------------------------------------------------------------------
@@ -81,9 +95,9 @@ def test_gradient_wrt_darcy_coefficients(key):
 def test_tsallis_weights_closed_form():
     loss = jnp.array([0.0, 1.0, 3.0, 7.0])
     eta = 0.7
-    w = _tsallis_weights(loss, eta)
+    w = np.asarray(jax.jit(_tsallis_weights)(loss, eta))  # one compilation, not one per op
     # The optimality condition of min <w, L> − (4/η) Σ √w_i over the simplex: 1/√w_i = η(L_i − x).
-    x = loss - 2.0 / (eta * jnp.sqrt(w))
+    x = np.asarray(loss) - 2.0 / (eta * np.sqrt(w))
     np.testing.assert_allclose(x, x[0], atol=1e-9)
     np.testing.assert_allclose(w.sum(), 1.0, atol=1e-12)
 
@@ -91,13 +105,16 @@ def test_tsallis_weights_closed_form():
 def test_kl_lower_bound_solves_its_equation():
     mean = jnp.array([0.3, 0.05, 0.9, 0.0])
     n = jnp.array([4.0, 20.0, 2.0, 5.0])
-    q = _kl_lower_bound(mean, n, jnp.log(7.0))
-    kl = mean * np.log(mean / q) + (1 - mean) * np.log((1 - mean) / (1 - q))
+    q = np.asarray(jax.jit(_kl_lower_bound)(mean, n, np.log(7.0)))  # one compilation
+    mean, n = np.asarray(mean), np.asarray(n)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 · log(0/0): replaced below
+        kl = mean * np.log(mean / q) + (1 - mean) * np.log((1 - mean) / (1 - q))
     kl = np.where(mean == 0, -np.log(1 - q), kl)
     np.testing.assert_allclose(n[:3] * kl[:3], np.log(7.0), rtol=1e-6)
     assert np.all(q <= mean) and float(q[3]) == 0.0
 
 
+@eqx.filter_jit  # one compiled program per bandit configuration and shape, not per call
 def _simulate(bandit, costs, features, seed=0):
     def body(state, inp):
         cost_row, f = inp
@@ -131,10 +148,9 @@ def test_contextual_bandit_uses_the_feature():
     costs = 100 + 200 * (jnp.arange(K)[None, :] != best_arm[:, None])
     ctx = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.8, K), loss_scale=400, num_contexts=2)
     plain = js.linear.RelaxationBandit(jnp.linspace(1.0, 1.8, K), loss_scale=400)
-    _, paid_ctx = _simulate(ctx, costs, f)
+    state, paid_ctx = _simulate(ctx, costs, f)
     _, paid = _simulate(plain, costs, f)
     assert float(paid_ctx.sum()) < 0.8 * float(paid.sum())
-    state, _ = _simulate(ctx, costs, f)
     assert float(ctx.greedy(state, 0.1)) == pytest.approx(1.0)
     assert float(ctx.greedy(state, 0.9)) == pytest.approx(1.8)
 
@@ -290,7 +306,7 @@ def test_gcrodr_solutions_and_fewer_matvecs_on_a_sequence():
         A = js.linear.Stencil5.poisson((n, n), shift=c)
         b = jax.random.normal(jax.random.PRNGKey(i), (n, n))
         sol, space = gcrodr.solve(A, b, space)
-        x_ref = np.linalg.solve(np.asarray(A.as_matrix()), np.asarray(b).ravel())
+        x_ref = np.linalg.solve(np.asarray(_poisson_matrix(c, (n, n))), np.asarray(b).ravel())
         np.testing.assert_allclose(np.asarray(sol.value).ravel(), x_ref, atol=1e-6)
         assert sol.result == js.RESULTS.successful
         counts.append(int(sol.stats["num_matvecs"]))
@@ -346,7 +362,7 @@ def test_recycled_cg_solutions_and_matvecs_on_a_sequence():
     mvs, x, xw, ok = _recycled_sequence(cs, jnp.ones((T, n, n)))
     assert bool(ok.all())
     for t in [0, T // 2, T - 1]:
-        M = np.asarray(js.linear.Stencil5.poisson((n, n), shift=cs[t]).as_matrix())
+        M = np.asarray(_poisson_matrix(cs[t], (n, n)))
         x_ref = np.linalg.solve(M, np.ones(n * n))
         for sol in (x[t], xw[t]):
             err = np.linalg.norm(M @ np.asarray(sol).ravel() - 1) / n  # ‖b‖ = n
@@ -400,14 +416,14 @@ def test_recycled_cg_jacobi_on_a_darcy_sequence():
     assert mvs[0, 0] == mvs[0, 1]
     assert mvs[:, 0].sum() < mvs[:, 1].sum() / 1.3
     for t in [0, T - 1]:
-        M = np.asarray(js.linear.Stencil5.darcy(jnp.exp(logas[t])).as_matrix())
-        x_ref = np.asarray(jnp.linalg.solve(M, bs[t].ravel()))
+        M = np.asarray(_darcy_matrix(jnp.exp(logas[t])))
+        x_ref = np.linalg.solve(M, np.asarray(bs[t]).ravel())
         assert np.linalg.norm(M @ np.asarray(x[t]).ravel() - 1) <= 1e-8 * n
         np.testing.assert_allclose(np.asarray(x[t]).ravel(), x_ref, rtol=1e-6)
     # The carried vectors are Ritz pairs of D^{-1/2} A D^{-1/2} of the last refreshed system
     # (system T-2 with refresh=2): orthonormal, Rayleigh quotients equal to the Ritz values,
     # and not below the smallest eigenvalue.
-    M = np.asarray(js.linear.Stencil5.darcy(jnp.exp(logas[T - 2])).as_matrix())
+    M = np.asarray(_darcy_matrix(jnp.exp(logas[T - 2])))
     s = 1 / np.sqrt(np.diag(M))
     Ahat = s[:, None] * M * s[None, :]
     W, th = np.asarray(space.W), np.asarray(space.theta)
