@@ -1,9 +1,11 @@
 """minimise: solutions against closed forms; derivatives against closed forms, finite differences
 and unrolling; jvp against vjp; second order."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optax
 import pytest
 from conftest import finite_difference
@@ -28,6 +30,12 @@ def val_loss(w):
     return 0.5 * jnp.sum((XV @ w - TV) ** 2)
 
 
+# The closed forms and their derivatives, jitted: one compiled program each, shared by the
+# tests (eagerly, each of their ops was a compilation of its own).
+_ridge_closed = jax.jit(ridge_closed)
+_closed_grad = jax.jit(jax.grad(lambda ll: val_loss(ridge_closed(ll))))
+
+
 SOLVERS = {
     "lbfgs": (js.LBFGS(), 200),
     "gd": (js.GradientDescent(learning_rate=0.01), 20000),
@@ -42,12 +50,17 @@ def test_solution_matches_closed_form(name):
     assert sol.result == js.RESULTS.successful
     assert sol.stats["error"] <= 1e-8
     assert 0 < int(sol.stats["num_steps"]) <= steps
-    assert jnp.allclose(sol.value, ridge_closed(0.3), atol=1e-7)
+    assert jnp.allclose(sol.value, _ridge_closed(0.3), atol=1e-7)
 
 
 def hyper_loss(log_lam, adjoint=js.ImplicitAdjoint()):
     w = js.minimise(ridge, jnp.zeros(4), log_lam, tol=1e-11, max_steps=500, adjoint=adjoint).value
     return val_loss(w)
+
+
+# Jitted: the solve and its derivative in one compiled program per adjoint (eagerly they are
+# compiled apart), shared by the tests; the adjoint is static.
+_hyper_grad = eqx.filter_jit(jax.grad(hyper_loss))
 
 
 LINEAR_SOLVERS = {
@@ -62,14 +75,14 @@ LINEAR_SOLVERS = {
 @pytest.mark.parametrize("name", LINEAR_SOLVERS)
 def test_hypergradient_matches_closed_form(name):
     adjoint = js.ImplicitAdjoint(linear_solver=LINEAR_SOLVERS[name])
-    g = jax.grad(hyper_loss)(0.3, adjoint)
-    g_true = jax.grad(lambda ll: val_loss(ridge_closed(ll)))(0.3)
+    g = _hyper_grad(0.3, adjoint)
+    g_true = _closed_grad(0.3)
     rtol = 1e-4 if name == "neumann" else 1e-8
     assert jnp.allclose(g, g_true, rtol=rtol), (g, g_true)
 
 
 def test_hypergradient_matches_finite_differences():
-    g = jax.grad(hyper_loss)(0.3)
+    g = _hyper_grad(0.3, js.ImplicitAdjoint())  # the "auto" case's program
     assert jnp.allclose(g, finite_difference(hyper_loss, 0.3, eps=1e-5), rtol=1e-6)
 
 
@@ -85,21 +98,24 @@ def test_implicit_matches_unrolled():
             adjoint=js.UnrollAdjoint(),
         ).value
     )
-    assert jnp.allclose(jax.grad(hyper_loss)(0.3), jax.grad(unrolled)(0.3), rtol=1e-6)
+    assert jnp.allclose(
+        _hyper_grad(0.3, js.ImplicitAdjoint()), jax.jit(jax.grad(unrolled))(0.3), rtol=1e-6
+    )
 
 
 def test_jvp_matches_vjp_and_jacobians():
     solve = lambda ll: js.minimise(ridge, jnp.zeros(4), ll, tol=1e-11).value
-    J_fwd = jax.jacfwd(solve)(0.3)
-    J_rev = jax.jacrev(solve)(0.3)
+    # each jitted: one compilation, not one per piece or eager op
+    J_fwd = jax.jit(jax.jacfwd(solve))(0.3)
+    J_rev = jax.jit(jax.jacrev(solve))(0.3)
     assert jnp.allclose(J_fwd, J_rev, atol=1e-10)
-    assert jnp.allclose(J_fwd, jax.jacobian(ridge_closed)(0.3), atol=1e-8)
+    assert jnp.allclose(J_fwd, jax.jit(jax.jacobian(ridge_closed))(0.3), atol=1e-8)
 
 
 def test_second_order_matches_closed_form():
     # d²/dλ² of the validation loss: the implicit rule differentiated again.
-    h = jax.grad(jax.grad(hyper_loss))(0.3)
-    h_true = jax.grad(jax.grad(lambda ll: val_loss(ridge_closed(ll))))(0.3)
+    h = jax.jit(jax.grad(jax.grad(hyper_loss)))(0.3)  # jitted: one compilation
+    h_true = jax.jit(jax.grad(jax.grad(lambda ll: val_loss(ridge_closed(ll)))))(0.3)
     assert jnp.allclose(h, h_true, rtol=1e-6)
 
 
@@ -111,8 +127,11 @@ def test_hessian_vector_product_through_solve():
     closed = lambda lls: jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(lls)), X.T @ T)
     outer = lambda lls: val_loss(js.minimise(inner, jnp.zeros(4), lls, tol=1e-11).value)
     lls, v = jnp.array([0.1, -0.3, 0.5, 0.0]), jnp.array([1.0, 0.5, -1.0, 2.0])
-    hvp = jax.jvp(jax.grad(outer), (lls,), (v,))[1]
-    hvp_true = jax.jvp(jax.grad(lambda z: val_loss(closed(z))), (lls,), (v,))[1]
+    # jitted: one compilation each
+    hvp = jax.jit(lambda lls, v: jax.jvp(jax.grad(outer), (lls,), (v,))[1])(lls, v)
+    hvp_true = jax.jit(
+        lambda z, v: jax.jvp(jax.grad(lambda z: val_loss(closed(z))), (z,), (v,))[1]
+    )(lls, v)
     assert jnp.allclose(hvp, hvp_true, rtol=1e-6)
 
 
@@ -123,7 +142,10 @@ def test_closed_over_arrays_are_differentiated():
         return val_loss(js.minimise(fn, jnp.zeros(4), None, tol=1e-11).value)
 
     closed = lambda Xc: val_loss(jnp.linalg.solve(Xc.T @ Xc + jnp.eye(4), Xc.T @ T))
-    assert jnp.allclose(jax.grad(outer)(X), jax.grad(closed)(X), rtol=1e-6, atol=1e-9)
+    # jitted: one compilation each
+    assert jnp.allclose(
+        jax.jit(jax.grad(outer))(X), jax.jit(jax.grad(closed))(X), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_pytree_variables():
@@ -132,9 +154,10 @@ def test_pytree_variables():
         return 0.5 * jnp.sum((pred - T) ** 2) + 0.5 * lam * jnp.sum(params["w"] ** 2)
 
     sol = js.minimise(fn, {"w": jnp.zeros(4), "b": jnp.array(0.0)}, 0.5, tol=1e-9)
-    Xa = jnp.concatenate([X, jnp.ones((30, 1))], axis=1)
-    reg = jnp.diag(jnp.array([0.5, 0.5, 0.5, 0.5, 0.0]))
-    wb = jnp.linalg.solve(Xa.T @ Xa + reg, Xa.T @ T)
+    # NumPy (no eager op to compile)
+    Xa = np.concatenate([np.asarray(X), np.ones((30, 1))], axis=1)
+    reg = np.diag([0.5, 0.5, 0.5, 0.5, 0.0])
+    wb = np.linalg.solve(Xa.T @ Xa + reg, Xa.T @ np.asarray(T))
     assert jnp.allclose(sol.value["w"], wb[:4], atol=1e-7)
     assert jnp.allclose(sol.value["b"], wb[4], atol=1e-7)
 
@@ -144,14 +167,17 @@ def test_float32_works():
     fn = lambda w, lam: 0.5 * jnp.sum((X32 @ w - T32) ** 2) + 0.5 * lam * jnp.sum(w**2)
     sol = js.minimise(fn, jnp.zeros(4, jnp.float32), jnp.float32(0.5), tol=1e-3)
     assert sol.value.dtype == jnp.float32
-    w = jnp.linalg.solve(X.T @ X + 0.5 * jnp.eye(4), X.T @ T)
+    Xn, Tn = np.asarray(X), np.asarray(T)
+    w = np.linalg.solve(Xn.T @ Xn + 0.5 * np.eye(4), Xn.T @ Tn)
     assert jnp.allclose(sol.value, w, atol=1e-3)
     g = jax.grad(
         lambda lam: jnp.sum(js.minimise(fn, jnp.zeros(4, jnp.float32), lam, tol=1e-3).value)
     )
-    g32 = g(jnp.float32(0.5))
+    g32 = jax.jit(g)(jnp.float32(0.5))  # jitted: one compilation
     g_true = jnp.sum(
-        jax.jacobian(lambda lam: jnp.linalg.solve(X.T @ X + lam * jnp.eye(4), X.T @ T))(0.5)
+        jax.jit(jax.jacobian(lambda lam: jnp.linalg.solve(X.T @ X + lam * jnp.eye(4), X.T @ T)))(
+            0.5
+        )
     )
     assert g32.dtype == jnp.float32 and jnp.allclose(g32, g_true, rtol=1e-3)
 
