@@ -104,8 +104,9 @@ def test_matrix_free_grid_vector():
 
 def test_x0_warm_start_fewer_steps():
     A, b = _spd(4), jnp.ones(N)
-    exact = jnp.linalg.solve(A, b)
-    cold = js.linear.solve(A, b, js.linear.SOR(omega=1.0, tol=1e-10))
+    exact = np.linalg.solve(A, b)  # NumPy: no eager compilation
+    # the cold start from zeros (what x0=None starts from): one program for both solves
+    cold = js.linear.solve(A, b, js.linear.SOR(omega=1.0, tol=1e-10), x0=np.zeros(N))
     warm = js.linear.solve(A, b, js.linear.SOR(omega=1.0, tol=1e-10), x0=exact + 1e-6)
     assert warm.stats["num_steps"] < cold.stats["num_steps"]
 
@@ -123,15 +124,20 @@ def _loss_matrix(A, b, solver):
 _grad_matrix = jax.jit(jax.grad(_loss_matrix, argnums=(0, 1)), static_argnums=2)
 
 
+def _ref_loss(A, b):
+    return jnp.sum(jnp.sin(jnp.linalg.solve(A, b)) * jnp.arange(1.0, N + 1))
+
+
+# jitted: one compilation shared by the cases (eagerly, each op was compiled on its own)
+_ref_grad = jax.jit(jax.grad(_ref_loss, argnums=(0, 1)))
+
+
 @pytest.mark.parametrize("name", GRAD_SOLVERS)
 def test_grad_matches_dense_solve(name):
     A, b = _spd(5), jnp.linspace(-1.0, 1.0, N)
     gA, gb = _grad_matrix(A, b, SPD_SOLVERS[name])
 
-    def ref(A, b):
-        return jnp.sum(jnp.sin(jnp.linalg.solve(A, b)) * jnp.arange(1.0, N + 1))
-
-    rA, rb = jax.grad(ref, argnums=(0, 1))(A, b)
+    rA, rb = _ref_grad(A, b)
     np.testing.assert_allclose(gb, rb, atol=1e-7)
     # CG's derivative treats A as symmetric, so compare the symmetric part for it.
     if name in ("cg", "pcg_ssor"):
@@ -154,13 +160,16 @@ def _theta_loss(theta, solver):
 
 
 _theta_grad = jax.jit(jax.grad(_theta_loss), static_argnums=1)
+# Jitted for the finite differences: eagerly, every new theta is a new closure (the operator's
+# matvec), a static argument of the solve, and so a compilation of its own.
+_theta_value = jax.jit(_theta_loss, static_argnums=1)
 
 
 @pytest.mark.parametrize("name", ["cg", "bicgstab"])
 def test_grad_closed_over_parameters_vs_finite_differences(name):
     theta = jnp.array([0.3, 0.2])
     g = _theta_grad(theta, SPD_SOLVERS[name])
-    fd = finite_difference(lambda t: _theta_loss(t, SPD_SOLVERS[name]), theta)
+    fd = finite_difference(lambda t: _theta_value(t, SPD_SOLVERS[name]), theta)
     np.testing.assert_allclose(g, fd, rtol=1e-5)
 
 
@@ -168,8 +177,8 @@ def test_forward_equals_reverse():
     theta = jnp.array([0.3, 0.2])
     solver = js.linear.BiCGStab(tol=1e-12)
     x = lambda t: js.linear.solve(_theta_operator(t), jnp.ones(N), solver).value
-    J_fwd = jax.jacfwd(x)(theta)
-    J_rev = jax.jacrev(x)(theta)
+    # one jitted program for both (eagerly: the solve's pieces and each op compiled apart)
+    J_fwd, J_rev = jax.jit(lambda t: (jax.jacfwd(x)(t), jax.jacrev(x)(t)))(theta)
     np.testing.assert_allclose(J_fwd, J_rev, atol=1e-9)
 
 
@@ -180,7 +189,7 @@ def test_as_implicit_adjoint_linear_solver():
 
     adjoint = js.ImplicitAdjoint(linear_solver=js.linear.CG(tol=1e-12))
     outer = lambda lam: js.minimise(inner, jnp.zeros(3), lam, adjoint=adjoint).value.sum()
-    np.testing.assert_allclose(jax.grad(outer)(1.0), -3 / 4, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(outer))(1.0), -3 / 4, atol=1e-6)  # one program
 
 
 # --- vmap -------------------------------------------------------------------------------------
