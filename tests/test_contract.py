@@ -331,6 +331,26 @@ HYPERPARAMETERS = {
     "Anderson mixing": lambda h: (
         js.fixed_point(_half_cos, jnp.zeros(2), solver=js.AndersonFixedPoint(mixing=h)).value
     ),
+    "EpsilonScaling decay": lambda h: (
+        js.ot.solve(
+            js.ot.Geometry(_A, epsilon=0.5),
+            solver=js.ot.Sinkhorn(epsilon_scaling=js.ot.EpsilonScaling(decay=h)),
+        ).f
+    ),
+    "hypergradient inner learning rate": lambda h: (
+        js.bilevel.hypergradient(
+            _outer, _inner, jnp.ones(2), jnp.zeros(2), inner_solver=js.GradientDescent(h)
+        ).grad
+    ),
+    "TruncatedNeumann alpha": lambda h: (
+        js.bilevel.hypergradient(
+            _outer,
+            _inner,
+            jnp.ones(2),
+            jnp.zeros(2),
+            estimator=js.bilevel.TruncatedNeumann(alpha=h),
+        ).grad
+    ),
     "hypergradient inner_tol": lambda h: (
         js.bilevel.hypergradient(
             _outer,

@@ -142,13 +142,15 @@ def hypergradient(
     estimator.check_adjoint0(adjoint0)
     if adjoint0 is not None:
         check_same_structure(adjoint0, y0, "`adjoint0`")
-    # Python floats become arrays here, so that new values do not recompile.
+    # Python floats become arrays here (in the data, the inner solver's learning rate or
+    # memory-free settings, the estimator's step), so that new values do not recompile.
     theta = jtu.tree_map(jnp.asarray, theta)
     y0 = jtu.tree_map(jnp.asarray, y0)
+    estimator = floats_to_arrays(estimator)
     problem = Problem(outer_fn, inner_fn).with_data(
         floats_to_arrays(outer_args),
         floats_to_arrays(inner_args),
-        inner_solver,
+        floats_to_arrays(inner_solver),
         None if inner_tol is None else jnp.asarray(inner_tol),
         inner_max_steps,
     )

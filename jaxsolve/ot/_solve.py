@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
+from .._checks import floats_to_arrays
 from .._solve import iterative_solve, with_tol
 from ._base import AbstractOTSolver
 from ._geometry import AbstractGeometry
@@ -184,7 +185,9 @@ def solve(
                 f"{g0.shape}."
             )
         init = (f0, g0)
-    solver = with_tol(solver, None, OTProblem.default_tol(geom.dtype))
+    # The solver's Python floats (tol, ε-scaling decay, momentum, Newton's forcing, ...) become
+    # arrays: new values are new data, never a recompilation.
+    solver = with_tol(floats_to_arrays(solver), None, OTProblem.default_tol(geom.dtype))
     # `_solve` reads tau as an array anyway: a Python number would be a static argument of the
     # jitted solve, and every new value (e.g. an unbalanced tau next to the balanced 1.0) a new
     # compilation.
