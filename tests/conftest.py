@@ -27,6 +27,17 @@ def key():
     return jax.random.PRNGKey(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Every compiled executable keeps a few
+    memory mappings alive (its machine code), and a long-lived xdist worker that compiles ~12 000
+    programs reaches the kernel's limit of 65 530 mappings per process (`vm.max_map_count`),
+    where XLA's compiler segfaults: the "crashed worker" of earlier runs. Programs are shared
+    within a module (module-level jitted helpers), rarely across modules."""
+    yield
+    jax.clear_caches()
+
+
 def finite_difference(f, x, eps=1e-6):
     """Central finite differences of a scalar function `f` at the array `x` (float64)."""
     x = jnp.asarray(x, dtype=jnp.float64)
