@@ -313,6 +313,10 @@ def _inner(th, y, _):
     return jnp.sum((y - th) ** 2)
 
 
+def _solve_closure(M):
+    return js.linear.solve(lambda v: M @ v, jnp.ones(3)).value
+
+
 _X, _Y = jnp.linspace(0, 1, 10).reshape(5, 2), jnp.linspace(1, 2, 8).reshape(4, 2)
 _A = 4 * jnp.eye(3) + 0.5
 HYPERPARAMETERS = {
@@ -324,6 +328,8 @@ HYPERPARAMETERS = {
     "SOR omega": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.SOR(omega=1 + h)).value,
     "SSOR omega": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.SSOR(omega=1 + h)).value,
     "CG tol": lambda h: js.linear.solve(_A, jnp.ones(3), js.linear.CG(tol=h * 1e-6)).value,
+    # a new closure of the same code over a new array: the same program
+    "matvec closure": lambda h: _solve_closure(_A + h),
     "learning rate": lambda h: (
         js.minimise(_quadratic, jnp.zeros(2), solver=js.GradientDescent(h)).value
     ),

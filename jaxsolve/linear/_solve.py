@@ -10,6 +10,7 @@ from jaxtyping import Array, PyTree
 
 from .._adjoint import ReportedSolver
 from .._checks import floats_to_arrays
+from .._functions import function_as_data
 from .._iterate import apply_throw
 from .._solution import RESULTS, Solution
 from .._tree import (
@@ -140,6 +141,8 @@ def flat_system(A, b, x0=None):
 
 @eqx.filter_jit
 def _solve(operator, b, solver, x0, throw):
+    if not isinstance(operator, lx.AbstractLinearOperator):  # a matvec, held as data
+        operator = as_operator(operator, b)
     options = {} if x0 is None else {"y0": x0}
     # With throw=False no solve may raise, the derivative's transpose/tangent solves included:
     # lineax raises on those unconditionally, so the solver reports instead of failing.
@@ -226,7 +229,13 @@ def solve(
             f"js.linear.SOR(omega=1.5) or lx.LU(); got {type(solver).__name__}."
         )
     b = as_vector(b)
-    operator = as_operator(A, b)
+    if callable(A) and not isinstance(A, lx.AbstractLinearOperator):
+        # A matvec is held as data (`function_as_data`): a new closure of the same code, over
+        # new arrays, is the same compiled program, and the arrays are inputs of it. The
+        # operator is built (and checked) inside the jit.
+        operator = function_as_data(A)
+    else:
+        operator = as_operator(A, b)
     if isinstance(solver, AbstractIterativeLinearSolver):
         # Python floats (tol, omega) become arrays: new values never recompile.
         solver = floats_to_arrays(solver)
