@@ -84,8 +84,25 @@ def test_small_gamma_gives_assignment():
     x = jnp.linspace(0.0, 1.0, 6)[:, None]
     y = x[::-1] + 0.05
     C = _cost(x, y)
-    sol = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=1e-3, tol=1e-12))
-    np.testing.assert_allclose(sol.plan, jnp.eye(6)[::-1] / 6, atol=1e-9)
+    solve = lambda C: js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=1e-3, tol=1e-12)).plan
+    np.testing.assert_allclose(jax.jit(solve)(C), np.eye(6)[::-1] / 6, atol=1e-9)
+
+
+def _quad_reg_cost(x, y, a, b, gamma):
+    sol = js.ot.solve_smooth(_cost(x, y), a, b, solver=js.ot.QuadraticOT(gamma=gamma, tol=1e-11))
+    return sol.reg_cost, sol.plan
+
+
+def _tcost_C(C, a, b):
+    return jnp.sum(_quad(C, a, b)[2] * C)  # transport cost through the plan
+
+
+@jax.jit
+def _quad_grads(x, y, a, b, gamma):
+    """One program for the derivatives both gradient tests check (8 × 7 problems): of reg_cost
+    by the points and by γ (with the plan), and of the transport cost by the cost matrix."""
+    (gx, ggamma), plan = jax.grad(_quad_reg_cost, argnums=(0, 4), has_aux=True)(x, y, a, b, gamma)
+    return gx, ggamma, plan, jax.grad(_tcost_C)(_cost(x, y), a, b)
 
 
 def test_gradient_wrt_cost_and_points_finite_differences():
@@ -94,30 +111,20 @@ def test_gradient_wrt_cost_and_points_finite_differences():
     def loss_x(x):
         return _quad(_cost(x, y), a, b)[4]  # reg_cost
 
-    def tcost_C(C):
-        return jnp.sum(_quad(C, a, b)[2] * C)  # transport cost through the plan
-
-    g = jax.grad(loss_x)(x)
+    g, _, _, gC = _quad_grads(x, y, a, b, jnp.asarray(0.3))
     fd = finite_difference(loss_x, x, eps=1e-4)  # solver noise ~1e-11 / eps
     np.testing.assert_allclose(g, fd, atol=1e-6, rtol=1e-5)
     C = _cost(x, y)
-    gC = jax.grad(tcost_C)(C)
-    fdC = finite_difference(tcost_C, C, eps=1e-4)
+    fdC = finite_difference(lambda C: _tcost_C(C, a, b), C, eps=1e-4)
     np.testing.assert_allclose(gC, fdC, atol=1e-6, rtol=1e-5)
 
 
 def test_gradient_wrt_gamma_envelope():
-    # d/dγ of the optimal value of <T,C> + γ/2‖T‖² is ½‖T*‖² (envelope theorem).
-    x, y, a, b = _problem(3, 10, 9)
-    C = _cost(x, y)
-
-    def value(gamma):
-        return js.ot.solve_smooth(
-            C, a, b, solver=js.ot.QuadraticOT(gamma=gamma, tol=1e-11)
-        ).reg_cost
-
-    plan = js.ot.solve_smooth(C, a, b, solver=js.ot.QuadraticOT(gamma=0.3, tol=1e-11)).plan
-    assert abs(float(jax.grad(value)(0.3)) - 0.5 * float(jnp.sum(plan**2))) < 1e-7
+    # d/dγ of the optimal value of <T,C> + γ/2‖T‖² is ½‖T*‖² (envelope theorem). The shape of
+    # the test above (another problem): the same compiled program.
+    x, y, a, b = _problem(3, 8, 7)
+    _, ggamma, plan, _ = _quad_grads(x, y, a, b, jnp.asarray(0.3))
+    assert abs(float(ggamma) - 0.5 * float(jnp.sum(plan**2))) < 1e-7
 
 
 def test_vmap_equals_loop():
@@ -155,18 +162,26 @@ def test_bad_inputs():
         js.ot.solve_smooth(C, jnp.array([0.5, 0.7, -0.2]))
 
 
+@jax.jit
+def _plan_and_grad(C, gamma):
+    def cost(C):
+        sol = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=gamma))
+        return sol.transport_cost, sol.plan
+
+    grad, plan = jax.grad(cost, has_aux=True)(C)
+    return plan, grad
+
+
 def test_float32_plan_and_gradient_match_float64():
-    # Defaults adapt to the dtype (solve and adjoint tolerances float32 can reach).
+    # Defaults adapt to the dtype (solve and adjoint tolerances float32 can reach). One program
+    # per dtype: the plan and the gradient of the transport cost.
     x = jax.random.normal(jax.random.PRNGKey(0), (30, 2))
     y = jax.random.normal(jax.random.PRNGKey(1), (30, 2)) + 1
     C = jnp.sum((x[:, None] - y[None]) ** 2, -1)
-    cost = lambda C, g: js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=g)).transport_cost
     C32 = C.astype(jnp.float32)
-    out32 = js.ot.solve_smooth(C32, solver=js.ot.QuadraticOT(gamma=jnp.float32(1.0)))
-    out64 = js.ot.solve_smooth(C, solver=js.ot.QuadraticOT(gamma=1.0))
-    assert out32.plan.dtype == jnp.float32
-    assert jnp.allclose(out32.plan, out64.plan, atol=1e-5)
-    g32 = jax.grad(cost)(C32, jnp.float32(1.0))
-    g64 = jax.grad(cost)(C, 1.0)
+    plan32, g32 = _plan_and_grad(C32, jnp.float32(1.0))
+    plan64, g64 = _plan_and_grad(C, jnp.float64(1.0))
+    assert plan32.dtype == jnp.float32
+    assert jnp.allclose(plan32, plan64, atol=1e-5)
     assert g32.dtype == jnp.float32
     assert jnp.allclose(g32, g64, atol=1e-4 * jnp.abs(g64).max())
