@@ -11,6 +11,8 @@ entry is well above the (k+1)-th. `_check_smooth_point` asserts all of this, so 
 differences (steps far below that margin) are taken where the function is smooth.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,13 +31,21 @@ def _solver(kind, gamma):
     return js.ot.SparsityConstrainedOT(gamma=gamma, k=K, tol=1e-12)
 
 
-def _problem(seed=3):
-    kx, ky, kv, ku = jax.random.split(jax.random.PRNGKey(seed), 4)
+@functools.cache
+def _data():
+    kx, ky, kv, ku = jax.random.split(jax.random.PRNGKey(3), 4)
     x = jax.random.normal(kx, (N, 2))
     y = jax.random.normal(ky, (M, 2)) + 0.5
     v = jax.random.normal(kv, (N, M))  # an input direction for the cost matrix
     u = jax.random.normal(ku, (N, M))  # an output direction for the plan
-    return x, y, v, u
+    # Small shifts of the checked problem, for test_vmap_over_cost_matrices_equals_loop.
+    dCs = 1e-3 * jax.random.uniform(jax.random.PRNGKey(1), (3, N, M))
+    # Drawn once, as NumPy arrays: the tests' arithmetic on them compiles nothing.
+    return jax.device_get((x, y, v, u, dCs))
+
+
+def _problem():
+    return _data()[:4]
 
 
 def _outputs(kind, x, y, dC, gamma, v, u):
@@ -95,21 +105,24 @@ _run_batch = jax.jit(
 
 
 def _values(kind, x, y, dC=None, gamma=GAMMA):
-    dC = jnp.zeros((N, M)) if dC is None else dC
+    dC = np.zeros((N, M)) if dC is None else dC
     _, _, v, u = _problem()
-    return _run(kind, x, y, dC, gamma, v, u)
+    # γ as a float64 array always (a Python float is weakly typed: another program).
+    return jax.device_get(_run(kind, x, y, dC, np.asarray(gamma, np.float64), v, u))
 
 
 def _fd(f, z, eps):
     """Central differences of `f` (a vector of values) at the array `z`: (values, *z.shape).
 
     As `conftest.finite_difference`, but all values from each pair of solves."""
-    flat = z.ravel()
+    z = np.asarray(z, np.float64)
     cols = []
-    for i in range(flat.size):
-        e = jnp.zeros_like(flat).at[i].set(eps).reshape(z.shape)
+    for i in range(z.size):
+        e = np.zeros(z.size)
+        e[i] = eps
+        e = e.reshape(z.shape)
         cols.append((f(z + e) - f(z - e)) / (2 * eps))
-    return jnp.stack(cols, -1).reshape((-1,) + z.shape)
+    return np.stack(cols, -1).reshape((-1,) + z.shape)
 
 
 def _check_smooth_point(kind, out):
@@ -125,10 +138,10 @@ def _check_smooth_point(kind, out):
         binding = xs[K] > 0  # columns where the constraint removes a positive entry
         assert binding.sum() >= 1, "the sparsity constraint should bind in some column"
         margin = min(margin, (xs[K - 1] - xs[K])[binding].min())
-        assert int(jnp.max(jnp.sum(plan > 0, axis=0))) <= K
+        assert int(np.max(np.sum(plan > 0, axis=0))) <= K
     assert margin > 5e-3
     # More nonzeros than a spanning tree: the plan moves with the cost, not only the marginals.
-    assert int(jnp.sum(plan > 0)) > N + M - 1
+    assert int(np.sum(plan > 0)) > N + M - 1
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +149,7 @@ def solved():
     x, y, _, _ = _problem()
     out = {kind: _values(kind, x, y) for kind in KINDS}
     # The constraint changes the plan: the sparse problem is not quadratic OT in disguise.
-    assert float(jnp.abs(out["sparse"]["plan"] - out["quadratic"]["plan"]).max()) > 1e-3
+    assert float(np.abs(out["sparse"]["plan"] - out["quadratic"]["plan"]).max()) > 1e-3
     return out
 
 
@@ -147,14 +160,14 @@ def test_gradients_wrt_cost_matrix_and_gamma_finite_differences(kind, solved):
     x, y, _, _ = _problem()
     # On a fixed support the potentials are linear in C, so central differences are exact
     # up to the solver's 1e-12 tolerance; steps of 1e-4 stay far below the 5e-3 margin.
-    fd = _fd(lambda dC: _values(kind, x, y, dC)["values"], jnp.zeros((N, M)), 1e-4)
+    fd = _fd(lambda dC: _values(kind, x, y, dC)["values"], np.zeros((N, M)), 1e-4)
     np.testing.assert_allclose(out["jac"]["C"], fd, atol=1e-7, rtol=1e-6)
     # d<P,C>/dC is not just P: the plan's own derivative contributes.
-    assert float(jnp.abs(out["jac"]["C"][0] - out["plan"]).max()) > 1e-3
-    fd = _fd(lambda g: _values(kind, x, y, gamma=g)["values"], jnp.asarray(GAMMA), 1e-4)
+    assert float(np.abs(out["jac"]["C"][0] - out["plan"]).max()) > 1e-3
+    fd = _fd(lambda g: _values(kind, x, y, gamma=g)["values"], np.asarray(GAMMA), 1e-4)
     np.testing.assert_allclose(out["jac"]["gamma"], fd, atol=1e-7, rtol=1e-6)
     # Envelope theorem: d/dγ of the optimal regularised cost is ½‖P*‖².
-    assert abs(float(out["jac"]["gamma"][1]) - 0.5 * float(jnp.sum(out["plan"] ** 2))) < 1e-9
+    assert abs(float(out["jac"]["gamma"][1]) - 0.5 * float(np.sum(out["plan"] ** 2))) < 1e-9
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -175,17 +188,17 @@ def test_plan_jvp_matches_vjp_and_finite_differences(kind, solved):
     x, y, v, u = _problem()
     jv, ju = out["jv"], out["ju"]
     # <u, J v> = <Jᵀ u, v>: forward mode and its transpose agree.
-    lhs, rhs = float(jnp.vdot(u, jv)), float(jnp.vdot(ju, v))
+    lhs, rhs = float(np.vdot(u, jv)), float(np.vdot(ju, v))
     assert abs(lhs - rhs) <= 1e-9 * max(1.0, abs(lhs))
     # J v against a central difference of the plan along v.
     t = 1e-4
     fd = (_values(kind, x, y, t * v)["plan"] - _values(kind, x, y, -t * v)["plan"]) / (2 * t)
     np.testing.assert_allclose(jv, fd, atol=1e-7)
-    assert float(jnp.abs(jv).max()) > 1e-3  # the plan does move along v
+    assert float(np.abs(jv).max()) > 1e-3  # the plan does move along v
     # Reverse-mode d<P,C>/dC along v equals the forward-mode derivative <J v, C> + <P, v>.
-    C = js.ot.PointCloud(x, y).cost_matrix
-    forward = float(jnp.vdot(jv, C) + jnp.vdot(out["plan"], v))
-    assert abs(float(jnp.vdot(out["jac"]["C"][0], v)) - forward) <= 1e-9 * max(1.0, abs(forward))
+    C = np.asarray(js.ot.PointCloud(x, y).cost_matrix)
+    forward = float(np.vdot(jv, C) + np.vdot(out["plan"], v))
+    assert abs(float(np.vdot(out["jac"]["C"][0], v)) - forward) <= 1e-9 * max(1.0, abs(forward))
 
 
 def test_vmap_over_cost_matrices_equals_loop():
@@ -194,13 +207,13 @@ def test_vmap_over_cost_matrices_equals_loop():
     kind = "sparse"
     x, y, _, _ = _problem()
     # Small shifts of the checked problem: the same smooth piece, different answers.
-    dCs = 1e-3 * jax.random.uniform(jax.random.PRNGKey(1), (3, N, M))
+    dCs = _data()[4]
     values, jacs = _run_batch(kind, x, y, dCs)
     for i in range(3):
         single = _values(kind, x, y, dCs[i])
         np.testing.assert_allclose(values[i], single["values"], atol=1e-10)
         np.testing.assert_allclose(jacs[i], single["jac"]["C"], atol=1e-9)
-    assert float(jnp.abs(values[0] - values[1]).max()) > 1e-6
+    assert float(np.abs(values[0] - values[1]).max()) > 1e-6
 
 
 @jax.jit
@@ -213,20 +226,23 @@ def _solve_checked(C, a, b, gamma):
 
 def test_k_above_n_is_quadratic_ot_and_bad_values_are_reported(solved):
     x, y, _, _ = _problem()
-    C = js.ot.PointCloud(x, y).cost_matrix
-    a, b = jnp.ones(N) / N, jnp.ones(M) / M
+    C = np.asarray(js.ot.PointCloud(x, y).cost_matrix)
+    a, b = np.ones(N) / N, np.ones(M) / M
     plan, result = _solve_checked(C, a, b, GAMMA)
     assert result == js.RESULTS.successful
     np.testing.assert_allclose(plan, solved["quadratic"]["plan"], atol=1e-10)
     # Values known only at run time (traced): γ ≤ 0, a negative weight, unequal masses, NaN.
-    bad_b = b.at[0].set(-b[0]).at[1].add(2 * b[0])  # same mass, one negative entry
+    bad_b = b.copy()
+    bad_b[0], bad_b[1] = -b[0], b[1] + 2 * b[0]  # same mass, one negative entry
+    bad_C = C.copy()
+    bad_C[0, 0] = np.nan
     for args in [
         (C, a, b, 0.0),
         (C, a, b, -1.0),
         (C, a, bad_b, GAMMA),
         (C, -a, b, GAMMA),
         (C, a, 2 * b, GAMMA),
-        (C.at[0, 0].set(jnp.nan), a, b, GAMMA),
+        (bad_C, a, b, GAMMA),
     ]:
         assert _solve_checked(*args)[1] == js.RESULTS.invalid_input
 
