@@ -17,8 +17,8 @@ import jaxsolve as js
 
 F32 = not jax.config.read("jax_enable_x64")
 N, M, RANK = 24, 18, 3
-A = jnp.full(N, 1 / N)
-B = jnp.full(M, 1 / M)
+A = jnp.ones(N) / N  # not jnp.full(N, 1 / N): weakly typed, another program than a's below
+B = jnp.ones(M) / M
 
 
 def _clusters(seed, n=N, m=M, k=3, shift=0.3):
@@ -29,8 +29,20 @@ def _clusters(seed, n=N, m=M, k=3, shift=0.3):
     return x, y
 
 
+# LowRankSinkhorn's defaults, spelled out: every hyperparameter is an array (data, not a
+# compile-time constant), so a test that sets one (tol, gamma, ...) reuses the program of the
+# defaults rather than compiling another (a Python float, or None, is part of the jit key).
+DEFAULTS = dict(
+    gamma=100.0,
+    epsilon=0.0,
+    min_weight=1e-6,
+    tol=js.ot.LowRankOTProblem.default_tol(A.dtype),
+    inner_tol=1e-4,
+)
+
+
 def _solver(**kw):
-    kw = {k: jnp.asarray(v) for k, v in kw.items()}  # data, not compile-time constants
+    kw = {k: jnp.asarray(v, A.dtype) for k, v in {**DEFAULTS, **kw}.items()}
     return js.ot.LowRankSinkhorn(rank=RANK, **kw)
 
 
@@ -40,17 +52,27 @@ def _solve(x, y, a, b, solver):
     return sol, sol.cost
 
 
+@eqx.filter_jit
+def _rank_one(x, y, a, b):
+    sol = js.ot.solve(js.ot.PointCloud(x, y), a, b, solver=js.ot.LowRankSinkhorn(rank=1))
+    return sol.result, sol.plan, sol.cost
+
+
+def _softmax(z):
+    return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+
+
 def test_rank_one_is_the_product_coupling():
     # The only rank-1 coupling with marginals a, b is a bᵀ: its cost is aᵀ C b.
     x, y = _clusters(0)
-    a = jax.nn.softmax(jnp.arange(N, dtype=x.dtype) / 5)
-    b = jax.nn.softmax(-jnp.arange(M, dtype=x.dtype) / 4)
-    sol = js.ot.solve(js.ot.PointCloud(x, y), a, b, solver=js.ot.LowRankSinkhorn(rank=1))
-    C = js.ot.PointCloud(x, y).cost_matrix
-    assert sol.result == js.RESULTS.successful
+    a = _softmax(np.arange(N) / 5).astype(x.dtype)
+    b = _softmax(-np.arange(M) / 4).astype(x.dtype)
+    result, plan, cost = _rank_one(x, y, a, b)
+    C = np.asarray(js.ot.PointCloud(x, y).cost_matrix)
+    assert result == js.RESULTS.successful
     # to the projection's tolerance (L1 marginal error 1e-4)
-    assert jnp.abs(sol.plan - jnp.outer(a, b)).sum() <= 2e-4
-    assert jnp.allclose(sol.cost, a @ C @ b, rtol=1e-3)
+    assert np.abs(plan - np.outer(a, b)).sum() <= 2e-4
+    assert np.allclose(cost, a @ C @ b, rtol=1e-3)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -117,23 +139,41 @@ def test_vmap_equals_loop_and_one_bad_member_is_alone():
         assert jnp.allclose(costs[i], cost, rtol=1e-5)
 
 
+@eqx.filter_jit
+def _dense_solve(C):
+    sol = js.ot.solve(js.ot.Geometry(C), solver=js.ot.LowRankSinkhorn(rank=RANK))
+    return sol.cost, sol.plan
+
+
+@eqx.filter_jit
+def _products(x, y, factored):
+    """The factored solution's products, in one program (eagerly: one per operation)."""
+    blocks = js.ot.PointCloud(x, y, cost_fn=js.ot.PNorm(2.0, 2.0), batch_size=5)
+    costs = []
+    for geom in (js.ot.PointCloud(x, y), blocks):
+        problem = js.ot.LowRankOTProblem(geom, A, B)
+        costs.append((problem.apply_cost(factored.r, 1), problem.apply_cost(factored.q, 0)))
+    v = jnp.arange(M, dtype=x.dtype)
+    return factored.plan, costs, factored.apply(v), factored.apply(jnp.ones(N), axis=0)
+
+
 def test_dense_blockwise_and_factored_costs_agree():
     x, y = _clusters(8)
     factored, cost = _solve(x, y, A, B, _solver())
-    C = js.ot.PointCloud(x, y).cost_matrix
-    dense = js.ot.solve(js.ot.Geometry(C), solver=js.ot.LowRankSinkhorn(rank=RANK))
+    C = np.asarray(js.ot.PointCloud(x, y).cost_matrix)
+    dense_cost, dense_plan = _dense_solve(C)
+    plan, costs, applied, applied_0 = jax.device_get(_products(x, y, factored))
     rtol = 1e-3 if F32 else 1e-6
-    assert jnp.allclose(cost, dense.cost, rtol=rtol)
-    assert jnp.allclose(factored.plan, dense.plan, atol=rtol * 1e-1)
+    assert np.allclose(cost, dense_cost, rtol=rtol)
+    assert np.allclose(plan, dense_plan, atol=rtol * 1e-1)
     # the cost products C R, Cᵀ Q: factored, blockwise (another cost) and dense
-    blocks = js.ot.PointCloud(x, y, cost_fn=js.ot.PNorm(2.0, 2.0), batch_size=5)
-    for geom in (js.ot.PointCloud(x, y), blocks):
-        problem = js.ot.LowRankOTProblem(geom, A, B)
-        assert jnp.allclose(problem.apply_cost(factored.r, 1), C @ factored.r, rtol=1e-4)
-        assert jnp.allclose(problem.apply_cost(factored.q, 0), C.T @ factored.q, rtol=1e-4)
-    v = jnp.arange(M, dtype=x.dtype)
-    assert jnp.allclose(factored.apply(v), factored.plan @ v, rtol=1e-5)
-    assert jnp.allclose(factored.apply(jnp.ones(N), axis=0), factored.plan.sum(0), rtol=1e-5)
+    r, q = np.asarray(factored.r), np.asarray(factored.q)
+    for cost_r, cost_q in costs:
+        assert np.allclose(cost_r, C @ r, rtol=1e-4)
+        assert np.allclose(cost_q, C.T @ q, rtol=1e-4)
+    v = np.arange(M, dtype=C.dtype)
+    assert np.allclose(applied, plan @ v, rtol=1e-5)
+    assert np.allclose(applied_0, plan.sum(0), rtol=1e-5)
 
 
 def test_large_clouds_never_form_the_cost_matrix():
