@@ -47,7 +47,6 @@ def test_grad_x_matches_finite_differences():
     x, y, a, b, k = _data()
     d = jax.random.normal(k, x.shape)
 
-    @jax.jit
     def losses(x):
         sol = _sol(x, y, a, b)
         return jnp.stack(
@@ -60,8 +59,11 @@ def test_grad_x_matches_finite_differences():
             ]
         )
 
-    J = jax.jit(jax.jacrev(losses))(x)
-    np.testing.assert_allclose(jnp.tensordot(J, d, 2), _fd(losses, x, d), rtol=1e-6, atol=1e-9)
+    # One program for the values (the finite differences) and their reverse-mode Jacobian.
+    both = jax.jit(lambda x: (losses(x), jax.jacrev(losses)(x)))
+    J = both(x)[1]
+    fd = _fd(lambda x: both(x)[0], x, d)
+    np.testing.assert_allclose(jnp.tensordot(J, d, 2), fd, rtol=1e-6, atol=1e-9)
 
 
 def test_grad_weights_cost_matrix_epsilon():
@@ -73,9 +75,10 @@ def test_grad_weights_cost_matrix_epsilon():
         sol = js.ot.solve(js.ot.Geometry(C, eps), a, b, solver=SOLVER)
         return sol.reg_cost + jnp.sum(sol.plan**2) * 10
 
-    # Two programs (the loss, its gradient), not one per eager op of the backward pass.
-    ga, gb, gC, ge = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(a, b, C, EPS)
-    loss = jax.jit(loss)
+    # One program (the loss and its gradient), not one per eager op of the backward pass.
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+    ga, gb, gC, ge = value_and_grad(a, b, C, EPS)[1]
+    loss = lambda *args: value_and_grad(*args)[0]
     da = _zero_sum(jax.random.normal(ka, a.shape))  # keep the masses equal
     db = _zero_sum(jax.random.normal(kb, b.shape))
     dC = jax.random.normal(kc, C.shape)
@@ -94,8 +97,10 @@ def test_grad_weights_cost_matrix_epsilon():
 @pytest.mark.parametrize("tau", [1.0])
 def test_implicit_matches_unrolled(tau):
     x, y, a, b, _ = _data()
-    gi = jax.grad(_plan_loss, argnums=(0, 1, 2, 4))(x, y, a, b, EPS, js.ImplicitAdjoint(), tau)
-    gu = jax.grad(_plan_loss, argnums=(0, 1, 2, 4))(x, y, a, b, EPS, js.UnrollAdjoint(), tau)
+    # Jitted: one program per adjoint, not one per eager op of the backward pass.
+    grad = jax.jit(jax.grad(_plan_loss, argnums=(0, 1, 2, 4)), static_argnums=5)
+    gi = grad(x, y, a, b, EPS, js.ImplicitAdjoint(), tau)
+    gu = grad(x, y, a, b, EPS, js.UnrollAdjoint(), tau)
     for u, v in zip(gi, gu):
         # a's gradient is defined up to a constant in the balanced case (mass constraint)
         if u.shape == a.shape and tau == 1.0:
@@ -106,10 +111,17 @@ def test_implicit_matches_unrolled(tau):
 def test_unbalanced_grad_and_forward_mode():
     x, y, a, b, k = _data()
     d = jax.random.normal(k, x.shape)
-    loss = jax.jit(lambda x: _plan_loss(x, y, 2 * a, b, EPS, js.ImplicitAdjoint(), 0.7))
-    g = jax.jit(jax.grad(loss))(x)
-    _, jv = jax.jit(lambda x, d: jax.jvp(loss, (x,), (d,)))(x, d)
-    np.testing.assert_allclose(jnp.vdot(g, d), _fd(loss, x, d), rtol=1e-6)
+    loss = lambda x: _plan_loss(x, y, 2 * a, b, EPS, js.ImplicitAdjoint(), 0.7)
+
+    @jax.jit
+    def derivatives(x, d):
+        # One program: the value (for the finite differences), reverse and forward mode.
+        value, g = jax.value_and_grad(loss)(x)
+        return value, g, jax.jvp(loss, (x,), (d,))[1]
+
+    _, g, jv = derivatives(x, d)
+    fd = _fd(lambda x: derivatives(x, d)[0], x, d)
+    np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=1e-6)
     np.testing.assert_allclose(jv, jnp.vdot(g, d), rtol=1e-8)
 
 
@@ -119,9 +131,10 @@ def test_hessian_vector_product_of_plan_loss():
     x, y, a, b, k = _data(6, 5)
     v = jax.random.normal(k, x.shape)
     grad = jax.grad(lambda x: _plan_loss(x, y, a, b))
-    hvp = jax.jit(lambda x, v: jax.jvp(grad, (x,), (v,))[1])(x, v)
-    grad = jax.jit(grad)
-    fd = (grad(x + 1e-5 * v) - grad(x - 1e-5 * v)) / 2e-5
+    # One program: the gradient (for the finite differences) and its jvp.
+    both = jax.jit(lambda x, v: jax.jvp(grad, (x,), (v,)))
+    hvp = both(x, v)[1]
+    fd = (both(x + 1e-5 * v, v)[0] - both(x - 1e-5 * v, v)[0]) / 2e-5
     np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)
     grad_u = jax.grad(lambda x: _plan_loss(x, y, a, b, EPS, js.UnrollAdjoint("bounded")))
     hvp_u = jax.jit(lambda x, v: jax.jvp(grad_u, (x,), (v,))[1])(x, v)
@@ -150,15 +163,20 @@ def test_reg_cost_second_derivatives_see_the_potentials():
     gradient: the second order includes the potentials' implicit dependence."""
     x, y, a, b, k = _data(6, 5)
     v = jax.random.normal(k, x.shape)
-    grad = jax.grad(lambda x: _sol(x, y, a, b).reg_cost)
-    hvp = jax.jit(lambda x, v: jax.jvp(grad, (x,), (v,))[1])(x, v)
-    grad = jax.jit(grad)
-    fd = (grad(x + 1e-5 * v) - grad(x - 1e-5 * v)) / 2e-5
+    grad = jax.grad(lambda x, e: _sol(x, y, a, b, eps=e).reg_cost, argnums=(0, 1))
+
+    @jax.jit
+    def derivatives(x, v, e):
+        # One program for everything compared: the first derivatives in x and ε (for the
+        # finite differences), the Hessian–vector product in x and d²/dε².
+        (gx, ge), hvp = jax.jvp(lambda x: grad(x, e), (x,), (v,))
+        return gx, ge, hvp[0], jax.grad(lambda e: grad(x, e)[1])(e)
+
+    eps = jnp.asarray(EPS)
+    _, _, hvp, d2_eps = derivatives(x, v, eps)
+    fd = (derivatives(x + 1e-5 * v, v, eps)[0] - derivatives(x - 1e-5 * v, v, eps)[0]) / 2e-5
     np.testing.assert_allclose(hvp, fd, rtol=1e-6, atol=1e-8)
-    d_eps = jax.grad(lambda e: _sol(x, y, a, b, eps=e).reg_cost)
-    d2_eps = jax.jit(jax.grad(d_eps))(EPS)
-    d_eps = jax.jit(d_eps)
-    fd_eps = (d_eps(EPS + 1e-5) - d_eps(EPS - 1e-5)) / 2e-5
+    fd_eps = (derivatives(x, v, eps + 1e-5)[1] - derivatives(x, v, eps - 1e-5)[1]) / 2e-5
     np.testing.assert_allclose(d2_eps, fd_eps, rtol=1e-6)
 
 
