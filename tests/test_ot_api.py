@@ -84,7 +84,9 @@ def test_no_recompilation_for_new_data():
 )
 def test_bad_weight_values_give_invalid_input(a, b, message):
     x, y = _clouds(3, 4)
-    geom = js.ot.PointCloud(x, y, epsilon=0.5)
+    # ε an array, as in test_bad_epsilon_and_shapes_raise: the same program (a Python float
+    # is part of the jit key).
+    geom = js.ot.PointCloud(x, y, epsilon=jnp.asarray(0.5))
     sol = js.ot.solve(geom, a, b, solver=SOLVER, throw=False)
     assert sol.result == js.RESULTS.invalid_input, message
     with pytest.raises(eqx.EquinoxRuntimeError, match="invalid"):
@@ -97,7 +99,9 @@ def test_bad_epsilon_and_shapes_raise():
         js.ot.PointCloud(x, y, epsilon=0.0)
     with pytest.raises(ValueError, match="epsilon"):
         js.ot.Geometry(jnp.ones((3, 4)), epsilon=-1.0)
-    sol = js.ot.solve(js.ot.PointCloud(x, y, epsilon=jnp.array(-0.1)), solver=SOLVER, throw=False)
+    geom = js.ot.PointCloud(x, y, epsilon=jnp.array(-0.1))
+    # Weights given (uniform), as in test_bad_weight_values_give_invalid_input: one program.
+    sol = js.ot.solve(geom, jnp.ones(3) / 3, solver=SOLVER, throw=False)
     assert sol.result == js.RESULTS.invalid_input
     with pytest.raises(ValueError, match="same dimension"):
         js.ot.PointCloud(x, jnp.ones((4, 3)))
@@ -132,13 +136,26 @@ def test_unbalanced_masses_may_differ_and_progress_callback():
     assert 1.0 < float(sol.plan.sum()) < 2.0
 
 
+@jax.jit
+def _divergences(x, y):
+    # One program for the three divergences (one per pair of shapes otherwise).
+    div = lambda x, y: js.ot.sinkhorn_divergence(x, y, epsilon=0.3, solver=SOLVER)
+    return div(x, x), div(x, y), div(y, x)
+
+
+@jax.jit
+def _reg_costs(x, y):
+    # The reference: three separate solves, in a program of their own (not the divergence's).
+    ot = lambda p, q: js.ot.solve(js.ot.PointCloud(p, q, epsilon=0.3), solver=SOLVER).reg_cost
+    return ot(x, y), ot(x, x), ot(y, y)
+
+
 def test_sinkhorn_divergence_properties():
     x, y = _clouds(8, 6)
-    div = lambda x, y: js.ot.sinkhorn_divergence(x, y, epsilon=0.3, solver=SOLVER)
-    assert abs(div(x, x)) < 1e-9
-    s_xy = div(x, y)
+    s_xx, s_xy, s_yx = _divergences(x, y)
+    assert abs(s_xx) < 1e-9
     assert s_xy > 0
-    np.testing.assert_allclose(s_xy, div(y, x), rtol=1e-8)
+    np.testing.assert_allclose(s_xy, s_yx, rtol=1e-8)
     # it equals the three regularised costs put together
-    ot = lambda p, q: js.ot.solve(js.ot.PointCloud(p, q, epsilon=0.3), solver=SOLVER).reg_cost
-    np.testing.assert_allclose(s_xy, ot(x, y) - 0.5 * ot(x, x) - 0.5 * ot(y, y), rtol=1e-10)
+    ot_xy, ot_xx, ot_yy = _reg_costs(x, y)
+    np.testing.assert_allclose(s_xy, ot_xy - 0.5 * ot_xx - 0.5 * ot_yy, rtol=1e-10)
