@@ -53,12 +53,22 @@ def test_2d_histograms_match_pot():
     np.testing.assert_allclose(sol.barycenter, ref, atol=1e-8 * ref.max())
 
 
+def _functional(B, w, eps):
+    # a smooth functional of the barycenter
+    return jnp.sum(_bary(C1, B, w, eps).barycenter * T**3)
+
+
+# Its value and its derivatives in the measures, the weights and epsilon: one program (for the
+# finite differences too, and the float64 gradient of test_float32_defaults_and_gradient).
+_value_and_grads = jax.jit(jax.value_and_grad(_functional, argnums=(0, 1, 2)))
+
+
 def test_derivatives_vs_finite_differences():
-    # a smooth functional of the barycenter, differentiated in the measures, the weights and
-    # epsilon (the cost matrix enters like epsilon)
-    f = jax.jit(lambda B, w, eps: jnp.sum(_bary(C1, B, w, eps).barycenter * T**3))
+    # the functional differentiated in the measures, the weights and epsilon (the cost matrix
+    # enters like epsilon)
+    f = lambda B, w, eps: _value_and_grads(B, w, eps)[0]
     eps = 0.01
-    gB, gw, geps = jax.grad(f, argnums=(0, 1, 2))(B1, W1, eps)
+    gB, gw, geps = _value_and_grads(B1, W1, eps)[1]
     h = 1e-6
     E = np.zeros_like(B1)
     E[1, 12], E[1, 13] = h, -h  # mass-preserving
@@ -74,13 +84,16 @@ def test_derivatives_vs_finite_differences():
 def test_float32_defaults_and_gradient():
     C, B, w = (jnp.asarray(x, jnp.float32) for x in (C1, B1, W1))
     ref = np.asarray(_bary(C1, B1, W1, 0.003).barycenter)
-    f = jax.jit(lambda B: js.ot.barycenter(C, B, w, epsilon=0.003))
-    sol = f(B)
+
+    def loss(B):
+        sol = js.ot.barycenter(C, B, w, epsilon=0.003)
+        return jnp.sum(sol.barycenter * T**3), sol
+
+    # One program for the solution and the gradient.
+    g32, sol = jax.jit(jax.grad(loss, has_aux=True))(B)
     assert sol.barycenter.dtype == jnp.float32 and sol.result == js.RESULTS.successful
     np.testing.assert_allclose(sol.barycenter, ref, atol=1e-3 * ref.max())
-    loss = jax.jit(jax.grad(lambda B: jnp.sum(f(B).barycenter * T**3)))
-    g32 = loss(B)
-    g64 = jax.grad(lambda B: jnp.sum(_bary(C1, B, W1, 0.003).barycenter * T**3))(B1)
+    g64 = _value_and_grads(B1, W1, 0.003)[1][0]
     assert bool(jnp.all(jnp.isfinite(g32)))
     # compare along mass-preserving directions (the gradient's normal part is gauge)
     d = np.zeros_like(B1)
