@@ -82,6 +82,7 @@ def test_auction_out_of_rounds_is_still_a_permutation():
     from jaxsolve.ot._coupling import _auction
 
     C = jnp.asarray(_cost(*_batches(24, 2, seed=5)))
-    sigma, _, rounds = _auction(-C, jnp.zeros(24), C.mean() / 4, 1e-4, 10.0, 3)
+    # Jitted: one program (eagerly, the auction's loop and each of its ops compile alone).
+    sigma, _, rounds = jax.jit(_auction)(-C, jnp.zeros(24), C.mean() / 4, 1e-4, 10.0, 3)
     assert int(rounds) <= 3 + 24
     assert sorted(np.asarray(sigma).tolist()) == list(range(24))
