@@ -88,43 +88,42 @@ def test_small_gamma_gives_assignment():
     np.testing.assert_allclose(jax.jit(solve)(C), np.eye(6)[::-1] / 6, atol=1e-9)
 
 
-def _quad_reg_cost(x, y, a, b, gamma):
-    sol = js.ot.solve_smooth(_cost(x, y), a, b, solver=js.ot.QuadraticOT(gamma=gamma, tol=1e-11))
-    return sol.reg_cost, sol.plan
-
-
-def _tcost_C(C, a, b):
-    return jnp.sum(_quad(C, a, b)[2] * C)  # transport cost through the plan
+def _quad_costs(x, y, dC, a, b, gamma):
+    # the cost of the points x, y, shifted by dC so that d/d(dC) is d/d(cost matrix)
+    C = _cost(x, y) + dC
+    sol = js.ot.solve_smooth(C, a, b, solver=js.ot.QuadraticOT(gamma=gamma, tol=1e-11))
+    return sol.reg_cost, jnp.sum(sol.plan * C), sol.plan  # the transport cost through the plan
 
 
 @jax.jit
-def _quad_grads(x, y, a, b, gamma):
-    """One program for the derivatives both gradient tests check (8 × 7 problems): of reg_cost
-    by the points and by γ (with the plan), and of the transport cost by the cost matrix."""
-    (gx, ggamma), plan = jax.grad(_quad_reg_cost, argnums=(0, 4), has_aux=True)(x, y, a, b, gamma)
-    return gx, ggamma, plan, jax.grad(_tcost_C)(_cost(x, y), a, b)
+def _quad_grads(x, y, dC, a, b, gamma):
+    """One program for the values and derivatives both gradient tests check (8 × 7 problems),
+    finite differences included: reg_cost and its derivatives by the points and by γ (with the
+    plan), the transport cost and its derivative by the cost matrix."""
+    reg_cost = lambda x, gamma: _quad_costs(x, y, dC, a, b, gamma)[::2]
+    (reg, plan), (gx, ggamma) = jax.value_and_grad(reg_cost, (0, 1), has_aux=True)(x, gamma)
+    tcost, gC = jax.value_and_grad(lambda dC: _quad_costs(x, y, dC, a, b, gamma)[1])(dC)
+    return dict(reg_cost=reg, gx=gx, ggamma=ggamma, plan=plan, tcost=tcost, gC=gC)
 
 
 def test_gradient_wrt_cost_and_points_finite_differences():
     x, y, a, b = _problem(2, 8, 7)
-
-    def loss_x(x):
-        return _quad(_cost(x, y), a, b)[4]  # reg_cost
-
-    g, _, _, gC = _quad_grads(x, y, a, b, jnp.asarray(0.3))
+    gamma, zero = jnp.asarray(0.3), jnp.zeros((8, 7))
+    out = _quad_grads(x, y, zero, a, b, gamma)
+    loss_x = lambda x: _quad_grads(x, y, zero, a, b, gamma)["reg_cost"]
     fd = finite_difference(loss_x, x, eps=1e-4)  # solver noise ~1e-11 / eps
-    np.testing.assert_allclose(g, fd, atol=1e-6, rtol=1e-5)
-    C = _cost(x, y)
-    fdC = finite_difference(lambda C: _tcost_C(C, a, b), C, eps=1e-4)
-    np.testing.assert_allclose(gC, fdC, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(out["gx"], fd, atol=1e-6, rtol=1e-5)
+    tcost_C = lambda dC: _quad_grads(x, y, dC, a, b, gamma)["tcost"]
+    fdC = finite_difference(tcost_C, zero, eps=1e-4)
+    np.testing.assert_allclose(out["gC"], fdC, atol=1e-6, rtol=1e-5)
 
 
 def test_gradient_wrt_gamma_envelope():
     # d/dγ of the optimal value of <T,C> + γ/2‖T‖² is ½‖T*‖² (envelope theorem). The shape of
     # the test above (another problem): the same compiled program.
     x, y, a, b = _problem(3, 8, 7)
-    _, ggamma, plan, _ = _quad_grads(x, y, a, b, jnp.asarray(0.3))
-    assert abs(float(ggamma) - 0.5 * float(jnp.sum(plan**2))) < 1e-7
+    out = _quad_grads(x, y, jnp.zeros((8, 7)), a, b, jnp.asarray(0.3))
+    assert abs(float(out["ggamma"]) - 0.5 * float(jnp.sum(out["plan"] ** 2))) < 1e-7
 
 
 def test_vmap_equals_loop():
