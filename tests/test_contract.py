@@ -275,18 +275,21 @@ def test_unrolled_anderson_is_finite_when_residual_differences_vanish():
 
 
 class _CompileCounter(logging.Handler):
-    def __init__(self):
+    def __init__(self, program):
         super().__init__()
         self.count = 0
+        self.program = program
 
     def emit(self, record):
-        if "ompil" in record.getMessage():
+        message = record.getMessage()
+        if message.startswith("Compiling") and self.program in message:
             self.count += 1
 
 
-def _compiles(fn):
-    """How many XLA compilations `fn()` triggers (JAX logs each one with log_compiles on)."""
-    counter = _CompileCounter()
+def _compiles(fn, program=""):
+    """How many XLA compilations `fn()` triggers (JAX logs each one with log_compiles on), of
+    programs whose name contains `program` (default: any)."""
+    counter = _CompileCounter(program)
     logger = logging.getLogger("jax")
     logger.addHandler(counter)
     try:
@@ -367,6 +370,7 @@ HYPERPARAMETERS = {
         ).grad
     ),
     "QuadraticOT gamma": lambda h: js.ot.solve_smooth(_A, solver=js.ot.QuadraticOT(gamma=h)).f,
+    "QuadraticOT tol": lambda h: js.ot.solve_smooth(_A, solver=js.ot.QuadraticOT(tol=h * 1e-6)).f,
     "barycenter epsilon": lambda h: js.ot.barycenter(_A, jnp.full((2, 3), 1 / 3), epsilon=h).value,
     "sinkhorn_divergence epsilon": lambda h: js.ot.sinkhorn_divergence(_X, _Y, epsilon=h),
 }
@@ -377,3 +381,14 @@ def test_new_python_float_hyperparameters_compile_nothing(name):
     solve = HYPERPARAMETERS[name]
     _compiles(lambda: solve(0.3))
     assert _compiles(lambda: solve(0.5)) == 0, name
+
+
+def test_epsilon_as_a_float_or_an_array_is_one_program():
+    # A Python float, a weakly typed array (jnp.asarray(0.7)) and a strongly typed one give ε
+    # the same type inside the solve: one compiled solve for all three.
+    solve = lambda e: js.ot.solve(js.ot.Geometry(_A, epsilon=e)).f
+    _compiles(lambda: solve(0.5))
+    weak = jnp.asarray(0.7)
+    strong = jnp.asarray(0.6, _A.dtype)
+    assert _compiles(lambda: solve(weak), "jit(_solve)") == 0
+    assert _compiles(lambda: solve(strong), "jit(_solve)") == 0

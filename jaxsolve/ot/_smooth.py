@@ -25,7 +25,7 @@ import lineax as lx
 from jaxtyping import Array, Float
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
-from .._checks import floats_to_arrays
+from .._checks import check_tol, floats_to_arrays
 from .._minimise import LBFGS, minimise
 from .._solution import RESULTS, Solution
 
@@ -86,15 +86,14 @@ class QuadraticOT(eqx.Module):
     """
 
     gamma: float | Array = 1.0
-    tol: float | None = eqx.field(static=True, default=None)
+    tol: float | Array | None = None
     max_steps: int = eqx.field(static=True, default=2000)
 
     def __check_init__(self):
         _check_gamma(self.gamma)
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ValueError(f"`max_steps` must be a positive int; got {self.max_steps!r}.")
-        if self.tol is not None and not self.tol > 0:
-            raise ValueError(f"`tol` must be positive; got {self.tol!r}.")
+        check_tol(self.tol)
 
     def _k(self, n: int) -> int:
         return n
