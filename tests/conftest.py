@@ -27,15 +27,30 @@ def key():
     return jax.random.PRNGKey(0)
 
 
+# Every compiled executable keeps a few memory mappings alive (its machine code), and a
+# long-lived xdist worker that compiles ~12 000 programs reaches the kernel's limit of 65 530
+# mappings per process (`vm.max_map_count`), where XLA's compiler segfaults: the "crashed
+# worker" of earlier runs. So JAX's compiled programs are dropped after each test module
+# (programs are shared within a module, through module-level jitted helpers, rarely across
+# modules), and after any test that leaves the process above _MAX_MAPPINGS (one module took a
+# worker from 1 000 to 22 000 mappings on its own).
+_MAPS = "/proc/self/maps"
+_MAX_MAPPINGS = 30_000
+
+
 @pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """Drop JAX's compiled programs after each test module. Every compiled executable keeps a few
-    memory mappings alive (its machine code), and a long-lived xdist worker that compiles ~12 000
-    programs reaches the kernel's limit of 65 530 mappings per process (`vm.max_map_count`),
-    where XLA's compiler segfaults: the "crashed worker" of earlier runs. Programs are shared
-    within a module (module-level jitted helpers), rarely across modules."""
+def _release_compiled_programs_per_module():
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs_when_near_the_limit():
+    yield
+    if os.path.exists(_MAPS):
+        with open(_MAPS) as f:
+            if sum(1 for _ in f) > _MAX_MAPPINGS:
+                jax.clear_caches()
 
 
 def finite_difference(f, x, eps=1e-6):
