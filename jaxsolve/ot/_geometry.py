@@ -51,7 +51,7 @@ def _as_epsilon(epsilon, dtype):
     # array): they are then inputs of the same compiled program.
     if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
         return jnp.asarray(epsilon, dtype)
-    if eqx.is_array(epsilon) and jnp.issubdtype(epsilon.dtype, jnp.floating):
+    if eqx.is_array(epsilon) and jnp.issubdtype(jnp.result_type(epsilon), jnp.floating):
         return jnp.asarray(epsilon, dtype)
     return epsilon
 
