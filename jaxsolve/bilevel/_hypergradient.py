@@ -142,8 +142,8 @@ def hypergradient(
     estimator.check_adjoint0(adjoint0)
     if adjoint0 is not None:
         check_same_structure(adjoint0, y0, "`adjoint0`")
-    # Python floats become arrays here (in the data, the inner solver's learning rate or
-    # memory-free settings, the estimator's step), so that new values do not recompile.
+    # Python floats become arrays here (in the data, in the inner solver's settings such as its
+    # learning rate, in the estimator's such as its step), so that new values do not recompile.
     theta = jtu.tree_map(jnp.asarray, theta)
     y0 = jtu.tree_map(jnp.asarray, y0)
     estimator = floats_to_arrays(estimator)
