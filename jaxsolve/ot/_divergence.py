@@ -4,6 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
+from .._checks import floats_to_arrays
 from .._solution import RESULTS
 from ._base import AbstractOTSolver
 from ._geometry import PointCloud
@@ -68,48 +69,19 @@ def sinkhorn_divergence(
     ```
     """
 
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
     # One compiled program for the three solves and the sum (eagerly, the setup and the costs
-    # would compile op by op); Python-number ε and τ are data, so new values do not recompile.
-    epsilon, tau_a, tau_b = (
-        jnp.asarray(v) if isinstance(v, (int, float)) else v for v in (epsilon, tau_a, tau_b)
-    )
-    return _divergence(
-        x,
-        y,
-        a,
-        b,
-        epsilon,
-        cost_fn,
-        batch_size,
-        relative_epsilon,
-        tau_a,
-        tau_b,
-        solver,
-        adjoint,
-        throw,
-        return_result,
-    )
+    # would compile op by op); Python floats (ε, τ, the solver's settings) are data, so new
+    # values do not recompile.
+    data = floats_to_arrays((jnp.asarray(x), jnp.asarray(y), a, b, epsilon, tau_a, tau_b, solver))
+    options = (cost_fn, batch_size, relative_epsilon, adjoint, throw, return_result)
+    return _divergence(data, options)
 
 
 @eqx.filter_jit
-def _divergence(
-    x,
-    y,
-    a,
-    b,
-    epsilon,
-    cost_fn,
-    batch_size,
-    relative_epsilon,
-    tau_a,
-    tau_b,
-    solver,
-    adjoint,
-    throw,
-    return_result,
-):
+def _divergence(data, options):
+    x, y, a, b, epsilon, tau_a, tau_b, solver = data
+    cost_fn, batch_size, relative_epsilon, adjoint, throw, return_result = options
+
     def ot(p, q, wp, wq):
         geom = PointCloud(
             p,

@@ -49,11 +49,9 @@ def _check_epsilon(epsilon):
 def _as_epsilon(epsilon, dtype):
     # One array type for every way of giving ε (a Python float, a weakly or strongly typed
     # array): they are then inputs of the same compiled program.
-    if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
-        return jnp.asarray(epsilon, dtype)
-    if eqx.is_array(epsilon) and jnp.issubdtype(jnp.result_type(epsilon), jnp.floating):
-        return jnp.asarray(epsilon, dtype)
-    return epsilon
+    number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+    floats = eqx.is_array(epsilon) and jnp.issubdtype(jnp.result_type(epsilon), jnp.floating)
+    return jnp.asarray(epsilon, dtype) if number or floats else epsilon
 
 
 class AbstractGeometry(eqx.Module):
