@@ -189,7 +189,7 @@ class ImplicitAdjoint(AbstractAdjoint):
         return 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * lam * jnp.sum(y**2)
 
     def outer(lam):
-        adjoint = js.ImplicitAdjoint(linear_solver=lx.CG(rtol=1e-10, atol=1e-10))
+        adjoint = js.ImplicitAdjoint(linear_solver=lx.CG(rtol=1e-6, atol=1e-6))
         return js.minimise(inner, jnp.zeros(2), lam, adjoint=adjoint).value.sum()
 
     g = jax.grad(outer)(1.0)   # d/dlam 2/(1+lam) = -2/(1+lam)^2 = -0.5

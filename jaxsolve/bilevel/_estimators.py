@@ -152,10 +152,10 @@ class Implicit(AbstractImplicitEstimator):
 
     inner = lambda lam, y, _: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * lam * jnp.sum(y**2)
     outer = lambda lam, y, _: jnp.sum(y)                 # = 2 / (1 + lam)
-    est = js.bilevel.Implicit(lx.GMRES(rtol=1e-10, atol=1e-10))
+    est = js.bilevel.Implicit(lx.GMRES(rtol=1e-6, atol=1e-6))
     hg = js.bilevel.hypergradient(outer, inner, 1.0, jnp.zeros(2), estimator=est,
                                   inner_solver=js.GradientDescent(0.5))
-    assert abs(hg.grad + 0.5) < 1e-6                     # -2 / (1 + lam)^2
+    assert abs(hg.grad + 0.5) < 1e-5                     # -2 / (1 + lam)^2
     ```
     """
 

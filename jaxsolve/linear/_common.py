@@ -22,6 +22,7 @@ from .._tree import (
     same_vector_structure,
     tree_dot,
     tree_dtype,
+    tree_norm_scaled,
     tree_sub,
     zeros_like,
 )
@@ -118,7 +119,7 @@ class AbstractLinearIteration(AbstractIterativeSolver[LinearProblem, Array, Any]
         stats = {"num_matvecs": state.num_matvecs}
         if not self.exact_residual:
             r = tree_sub(problem.b, problem.operator.mv(y))
-            stats["error"] = jnp.sqrt(dot(r, r)) / problem.norm_b
+            stats["error"] = tree_norm_scaled(r) / problem.norm_b
             stats["num_matvecs"] = state.num_matvecs + 1
         return y, stats
 

@@ -162,13 +162,13 @@ class GCRODR(eqx.Module):
     import jax.numpy as jnp
     import jaxsolve as js
 
-    gcrodr = js.linear.GCRODR(tol=1e-8, restart=10, recycle=4)
+    gcrodr = js.linear.GCRODR(tol=1e-6, restart=10, recycle=4)
     b = jnp.ones((6, 6))
     space = gcrodr.init(b)
     for c in [0.0, 0.01]:
         A = js.linear.Stencil5.poisson((6, 6), shift=c)
         sol, space = gcrodr.solve(A, b, space)
-        assert jnp.allclose(A.mv(sol.value), b, atol=1e-6)
+        assert jnp.allclose(A.mv(sol.value), b, atol=1e-5)
     assert bool(space.valid) and space.U.shape == (4, 36)
     ```
     """

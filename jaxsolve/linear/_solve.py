@@ -17,11 +17,12 @@ from .._tree import (
     check_vector_structure,
     is_single_array,
     same_vector_structure,
+    tree_norm_scaled,
     tree_ravel,
     tree_sub,
 )
 from ._cg import CG
-from ._common import AbstractIterativeLinearSolver, dot, safe_norm_b
+from ._common import AbstractIterativeLinearSolver, safe_norm_b
 
 
 def as_vector(b, name: str = "b"):
@@ -153,7 +154,7 @@ def _solve(operator, b, solver, x0, throw):
     result = result if isinstance(result, RESULTS) else RESULTS.promote(result)
     if "error" not in stats:  # direct solvers: report the same error measure as the others
         r = tree_sub(b, operator.mv(out.value))
-        stats["error"] = jax.lax.stop_gradient(jnp.sqrt(dot(r, r)) / safe_norm_b(b))
+        stats["error"] = jax.lax.stop_gradient(tree_norm_scaled(r) / safe_norm_b(b))
         stats.setdefault("num_steps", jnp.array(0, jnp.int32))
     sol = Solution(value=out.value, result=result, stats=stats)
     return apply_throw(sol, throw)
@@ -209,8 +210,8 @@ def solve(
 
     A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
     b = jnp.array([1.0, 2.0])
-    sol = js.linear.solve(A, b, solver=js.linear.CG(tol=1e-12))
-    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b))
+    sol = js.linear.solve(A, b, solver=js.linear.CG(tol=1e-6))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), atol=1e-6)
 
     # derivative w.r.t. a parameter of a matrix-free A
     loss = lambda t: js.linear.solve(lambda v: A @ v + t * v, b).value.sum()
@@ -219,8 +220,8 @@ def solve(
 
     # pytree vectors: a matvec on dicts
     mv = lambda v: {"u": 2.0 * v["u"] + v["w"][:1], "w": v["w"] + jnp.pad(v["u"], (0, 1))}
-    x = js.linear.solve(mv, {"u": jnp.ones(1), "w": jnp.ones(2)}, js.linear.GMRES(tol=1e-10)).value
-    assert jnp.allclose(mv(x)["w"], 1.0, atol=1e-8)
+    x = js.linear.solve(mv, {"u": jnp.ones(1), "w": jnp.ones(2)}, js.linear.GMRES(tol=1e-6)).value
+    assert jnp.allclose(mv(x)["w"], 1.0, atol=1e-5)
     ```
     """
     if not isinstance(solver, lx.AbstractLinearSolver):
