@@ -3,7 +3,18 @@ tests/test_float32.py), a seeded key, and small helpers."""
 
 import os
 
-import jax
+# The suite is compile-bound: hundreds of small programs, most run once or twice. XLA's CPU
+# backend compiles them about a third faster with LLVM's optimisation level 0 and without its
+# expensive passes. The machine code runs slower and may round differently in the last bit
+# (as another backend does): no test may depend on the rounding of one compiler. Set
+# before JAX starts (the flags are read when the backend is created); a run that sets its own
+# optimisation level in XLA_FLAGS, or JAXSOLVE_TEST_OPTIMISED=1, keeps XLA's defaults.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_flags = os.environ.get("XLA_FLAGS", "")
+if os.environ.get("JAXSOLVE_TEST_OPTIMISED") != "1" and "optimization_level" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} {_FAST_COMPILE}".strip()
+
+import jax  # noqa: E402
 
 X64 = os.environ.get("JAXSOLVE_TEST_X64", "1") != "0"
 jax.config.update("jax_enable_x64", X64)

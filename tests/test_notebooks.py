@@ -48,7 +48,10 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("JAXSOLVE_SMALL", "1")
     monkeypatch.chdir(tmp_path)
     if _fresh_process(path):
-        env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "XLA_FLAGS")}
+        # The notebook asks for its own devices; it keeps the suite's compile flags (conftest).
+        env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
         out = subprocess.run(
             [sys.executable, __file__, str(path)],
             capture_output=True,
